@@ -1,0 +1,165 @@
+"""The TOML configuration: every key optional, every bad key or value named with its file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .model import PROTOCOLS
+from .scope import PRIORITY_MAX, Range, Scope
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Ubuntu 22.04 ships 3.10
+    import tomli as tomllib
+
+DEFAULT_CONFIG = Path("/etc/netd-hook/netd-hook.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/netd-hook")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TABLE_NAMES = {"default": 253, "main": 254, "local": 255}
+
+
+class ConfigError(Exception):
+    """Exit status 2: the message names file, key and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    # Wait this long after the last loss before replaying, so that one burst of deletions
+    # costs one batch. 0 replays on the very event that completes the loss.
+    quiet_ms: int = 0
+    # networkd gone from the bus (stopped, or the bus itself is down) this long: replay anyway,
+    # guarded by netlink alone.
+    absent_grace_ms: int = 5000
+    ack_timeout_ms: int = 2000
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    scope: Scope = field(default_factory=Scope)
+    replay: Replay = field(default_factory=Replay)
+    log_level: str = "info"
+    state_dir: Path = DEFAULT_STATE_DIR
+    source: str = "<defaults>"
+
+
+def _err(path: str, key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {value!r} {why}")
+
+
+def _int(path: str, key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _err(path, key, value, f"is not an integer in {lo}..{hi}")
+    return value
+
+
+def _ranges(path: str, key: str, value: Any) -> tuple[Range, ...]:
+    if not isinstance(value, list):
+        raise _err(path, key, value, 'is not a list of priorities or "lo-hi" ranges')
+    out = []
+    for item in value:
+        if isinstance(item, str) and "-" in item:
+            lo_s, _, hi_s = item.partition("-")
+            try:
+                lo, hi = int(lo_s), int(hi_s)
+            except ValueError:
+                raise _err(path, key, item, 'is not a "lo-hi" range of integers') from None
+        elif isinstance(item, int) and not isinstance(item, bool):
+            lo = hi = item
+        else:
+            raise _err(path, key, item, 'is not a priority or a "lo-hi" range')
+        if not 0 <= lo <= hi <= PRIORITY_MAX:
+            raise _err(path, key, item, f"is not a range within 0..{PRIORITY_MAX}")
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def _tables(path: str, key: str, value: Any) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise _err(path, key, value, "is not a list of table numbers or names")
+    out = set()
+    for item in value:
+        if isinstance(item, str) and item in TABLE_NAMES:
+            out.add(TABLE_NAMES[item])
+        else:
+            out.add(_int(path, key, item, 1, 0xFFFFFFFF))
+    return frozenset(out)
+
+
+def _protocols(path: str, key: str, value: Any) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise _err(path, key, value, "is not a list of protocol names or numbers")
+    out = set()
+    for item in value:
+        if isinstance(item, str):
+            if item not in PROTOCOLS:
+                raise _err(path, key, item, f"is not one of {sorted(PROTOCOLS)} or 0..255")
+            out.add(PROTOCOLS[item])
+        else:
+            out.add(_int(path, key, item, 0, 255))
+    return frozenset(out)
+
+
+def _section(path: str, doc: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
+    sec = doc.get(name, {})
+    if not isinstance(sec, dict):
+        raise _err(path, name, sec, "is not a table")
+    for key in sec:
+        if key not in allowed:
+            raise _err(path, f"[{name}] {key}", sec[key], f"is not a known key (known: {sorted(allowed)})")
+    return sec
+
+
+def parse(doc: dict[str, Any], path: str) -> Config:
+    top = {"log_level", "state_dir", "scope", "replay"}
+    for key in doc:
+        if key not in top:
+            raise _err(path, key, doc[key], f"is not a known key (known: {sorted(top)})")
+    scope_keys = {"include_priorities", "exclude_priorities", "include_tables", "exclude_tables", "exclude_protocols"}
+    sec = _section(path, doc, "scope", scope_keys)
+    scope = Scope()
+    kw: dict[str, Any] = {}
+    if "include_priorities" in sec:
+        kw["include_priorities"] = _ranges(path, "[scope] include_priorities", sec["include_priorities"])
+    if "exclude_priorities" in sec:
+        kw["exclude_priorities"] = _ranges(path, "[scope] exclude_priorities", sec["exclude_priorities"])
+    if "include_tables" in sec:
+        kw["include_tables"] = _tables(path, "[scope] include_tables", sec["include_tables"])
+    if "exclude_tables" in sec:
+        kw["exclude_tables"] = _tables(path, "[scope] exclude_tables", sec["exclude_tables"])
+    if "exclude_protocols" in sec:
+        kw["exclude_protocols"] = _protocols(path, "[scope] exclude_protocols", sec["exclude_protocols"])
+    scope = dataclasses.replace(scope, **kw)
+
+    rsec = _section(path, doc, "replay", {"quiet_ms", "absent_grace_ms", "ack_timeout_ms", "max_attempts"})
+    limits = {"quiet_ms": (0, 60_000), "absent_grace_ms": (0, 600_000), "ack_timeout_ms": (10, 60_000), "max_attempts": (1, 100)}
+    replay = Replay(**{k: _int(path, f"[replay] {k}", v, *limits[k]) for k, v in rsec.items()})
+
+    log_level = doc.get("log_level", "info")
+    if log_level not in LOG_LEVELS:
+        raise _err(path, "log_level", log_level, f"is not one of {list(LOG_LEVELS)}")
+    state_dir = doc.get("state_dir", str(DEFAULT_STATE_DIR))
+    if not isinstance(state_dir, str) or not state_dir.startswith("/"):
+        raise _err(path, "state_dir", state_dir, "is not an absolute path")
+    return Config(scope=scope, replay=replay, log_level=log_level, state_dir=Path(state_dir), source=path)
+
+
+def load(path: Path | None) -> Config:
+    """Read `path`; with None, the default file when it exists, else the defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Config()
+        path = DEFAULT_CONFIG
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(doc, str(path))

@@ -1,0 +1,180 @@
+"""When to replay: a pure state machine over networkd's bus state and observed losses.
+
+`step(state, event, now) -> (state, actions)` reads no clock and does no I/O; the service
+feeds it events (already verified at the adapter edge) and carries out the actions.
+
+networkd is *settled* when it owns its bus name and every link it reports is in a final
+AdministrativeState. networkd drops foreign rules manager-wide whenever it configures any link
+(systemd networkd-routing-policy-rule.c, `ManageForeignRoutingPolicyRules=`), so all links
+count, not only the secondary ENIs. Replays wait for settled so that they are not wiped again
+half-way through the same reconfigure; a loss seen while a replay is in flight is remembered
+and replayed right after it, so a burst always ends with everything back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+SETTLED_STATES = frozenset({"configured", "unmanaged", "failed", "linger"})
+BUSY_STATES = frozenset({"pending", "initialized", "configuring"})
+KNOWN_STATES = SETTLED_STATES | BUSY_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    quiet: float = 0.0  # seconds without new losses before replaying
+    absent_grace: float = 5.0  # networkd off the bus this long: replay without waiting for it
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    params: Params = field(default_factory=Params)
+    owner: str | None = None
+    owner_since: float = 0.0
+    listed: bool = False  # link states are known for the current owner
+    links: Mapping[int, str] = field(default_factory=dict)
+    lost: int = 0  # repairable losses not yet handed to a replay
+    last_loss: float = -math.inf
+    verify: bool = False  # networkd was busy: re-read the kernel once it settles
+    busy: bool = False  # a replay or verification is running
+    trigger: str | None = None  # why the next replay happens (first cause since the last one)
+
+
+# Events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerChanged:
+    owner: str | None  # None: networkd left the bus, or our bus connection is gone
+
+
+@dataclass(frozen=True, slots=True)
+class LinksListed:
+    owner: str
+    states: Mapping[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanged:
+    owner: str
+    index: int
+    state: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRemoved:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    count: int
+    cause: str  # "networkd", "kernel", "startup", "verify"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The replay or verification asked for has finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A Wake deadline has passed."""
+
+
+Event = Union[OwnerChanged, LinksListed, LinkChanged, LinkRemoved, Lost, Done, Tick]
+
+
+# Actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    at: float
+
+
+Action = Union[Replay, Verify, Wake]
+
+
+def settled(state: State, now: float) -> bool:
+    if state.owner is None:
+        return now - state.owner_since >= state.params.absent_grace
+    return state.listed and all(s in SETTLED_STATES for s in state.links.values())
+
+
+def _cause(state: State, trigger: str) -> State:
+    return state if state.trigger else replace(state, trigger=trigger)
+
+
+def _apply(state: State, event: Event, now: float) -> State:
+    if isinstance(event, OwnerChanged):
+        if event.owner == state.owner:
+            return state
+        s = replace(state, owner=event.owner, owner_since=now, listed=False, links={})
+        if state.owner is not None:
+            # A restart (or networkd gone): whatever it dropped may have left no trace we saw.
+            s = _cause(replace(s, verify=True), "networkd-restart")
+        return s
+    if isinstance(event, LinksListed):
+        if event.owner != state.owner:
+            return state
+        states = {i: st for i, st in event.states.items() if st in KNOWN_STATES}
+        s = replace(state, listed=True, links=states)
+        if any(st in BUSY_STATES for st in states.values()):
+            s = _cause(replace(s, verify=True), "networkd-start")
+        return s
+    if isinstance(event, LinkChanged):
+        if event.owner != state.owner or event.state not in KNOWN_STATES:
+            return state
+        s = replace(state, links={**state.links, event.index: event.state})
+        if event.state in BUSY_STATES:
+            what = "link-added" if event.index not in state.links else "reconfigure"
+            s = _cause(replace(s, verify=True), f"{what} {event.name or event.index}")
+        return s
+    if isinstance(event, LinkRemoved):
+        if event.index not in state.links:
+            return state
+        links = dict(state.links)
+        del links[event.index]
+        return replace(state, links=links)
+    if isinstance(event, Lost):
+        if event.count <= 0:
+            return state
+        return _cause(replace(state, lost=state.lost + event.count, last_loss=now), event.cause)
+    if isinstance(event, Done):
+        return replace(state, busy=False)
+    return state  # Tick: only re-evaluates
+
+
+def _drive(state: State, now: float) -> tuple[State, list[Action]]:
+    if state.busy or not (state.lost or state.verify):
+        return state, []
+    if not settled(state, now):
+        if state.owner is None:
+            return state, [Wake(state.owner_since + state.params.absent_grace)]
+        return state, []
+    trigger = state.trigger or "unknown"
+    if state.lost:
+        ready_at = state.last_loss + state.params.quiet
+        if now < ready_at:
+            return state, [Wake(ready_at)]
+        return replace(state, lost=0, busy=True, trigger=None if not state.verify else trigger), [Replay(trigger)]
+    return replace(state, verify=False, busy=True, trigger=None), [Verify(trigger)]
+
+
+def step(state: State, event: Event, now: float) -> tuple[State, list[Action]]:
+    return _drive(_apply(state, event, now), now)

@@ -1,0 +1,577 @@
+"""The kernel edge: rtnetlink sockets, dumps, the monitor, and the one-sendmsg batch writer.
+
+pyroute2 encodes and decodes the rtnetlink messages (fibmsg, rtmsg, ifinfmsg); the sockets are
+plain `socket.socket(AF_NETLINK)`, because the repair path must be a single `sendmsg` of bytes
+prepared in advance, and pyroute2's sync `IPRoute` cannot be created inside a running loop.
+Everything foreign (pyroute2 message objects, errno) is translated here into model values and
+`NetlinkError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import anyio
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from .model import (
+    AF_INET,
+    AF_INET6,
+    RESERVED_TABLES,
+    RT_TABLE_LOCAL,
+    RT_TABLE_MAIN,
+    RTN_LOCAL,
+    RTN_UNICAST,
+    Entry,
+    Route,
+    Rule,
+)
+
+log = logging.getLogger(__name__)
+
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+ADD_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+DEL_FLAGS = NLM_F_REQUEST | NLM_F_ACK
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+
+RTNLGRP_LINK = 1
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV4_RULE = 8
+RTNLGRP_IPV6_ROUTE = 11
+RTNLGRP_IPV6_RULE = 19
+MONITOR_GROUPS = sum(
+    1 << (g - 1) for g in (RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE)
+)
+RTM_F_CLONED = 0x200
+FR_ACT_TO_TBL = 1
+RT_TABLE_COMPAT = 252
+HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+
+# Rule attributes netd-hook cannot re-create faithfully; such rules are left alone (counted).
+UNSUPPORTED_RULE_ATTRS = frozenset(
+    {"FRA_UID_RANGE", "FRA_IP_PROTO", "FRA_SPORT_RANGE", "FRA_DPORT_RANGE", "FRA_TUN_ID", "FRA_FLOW"}
+)
+UNSUPPORTED_ROUTE_ATTRS = frozenset({"RTA_MULTIPATH", "RTA_ENCAP", "RTA_VIA", "RTA_NEWDST", "RTA_SRC", "RTA_IIF"})
+
+
+class NetlinkError(Exception):
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+# Decoded kernel objects ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoute:
+    """`<addr> dev <oif> scope link` in main: a pod's host route (or any host route)."""
+
+    addr: str
+    oif: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """`local <addr> dev <oif> table local`: an address configured on this node."""
+
+    addr: str
+    oif: str
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    index: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    what: str
+
+
+Item = Union[Rule, Route, HostRoute, LocalAddress, Link, Unsupported]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    new: bool
+    item: Item
+    port: int  # nlmsg_pid: the port id of the socket whose request caused it (0: the kernel)
+
+
+@dataclass(slots=True)
+class Dump:
+    rules: list[Rule] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    host_routes: list[HostRoute] = field(default_factory=list)
+    local_addresses: list[LocalAddress] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    unsupported: int = 0
+
+    def add(self, item: Item) -> None:
+        if isinstance(item, Rule):
+            self.rules.append(item)
+        elif isinstance(item, Route):
+            self.routes.append(item)
+        elif isinstance(item, HostRoute):
+            self.host_routes.append(item)
+        elif isinstance(item, LocalAddress):
+            self.local_addresses.append(item)
+        elif isinstance(item, Link):
+            self.links.append(item)
+        else:
+            self.unsupported += 1
+
+
+def _prefix(addr: str, length: int) -> str:
+    return f"{addr}/{length}"
+
+
+def _default(family: int) -> str:
+    return "0.0.0.0/0" if family == AF_INET else "::/0"
+
+
+def decode_rule(msg: Any) -> Rule | Unsupported:
+    attrs = dict(msg["attrs"])
+    bad = UNSUPPORTED_RULE_ATTRS.intersection(attrs)
+    if bad:
+        return Unsupported(f"rule with {sorted(bad)}")
+    family = msg["family"]
+    src = attrs.get("FRA_SRC")
+    dst = attrs.get("FRA_DST")
+    return Rule(
+        family=family,
+        priority=attrs.get("FRA_PRIORITY", 0),
+        table=attrs.get("FRA_TABLE", msg["table"]),
+        action=msg["action"],
+        src=_prefix(src, msg["src_len"]) if src is not None else None,
+        dst=_prefix(dst, msg["dst_len"]) if dst is not None else None,
+        fwmark=attrs.get("FRA_FWMARK"),
+        fwmask=attrs.get("FRA_FWMASK"),
+        iifname=attrs.get("FRA_IIFNAME"),
+        oifname=attrs.get("FRA_OIFNAME"),
+        tos=msg["tos"],
+        flags=msg["flags"],
+        goto=attrs.get("FRA_GOTO"),
+        suppress_prefixlen=attrs.get("FRA_SUPPRESS_PREFIXLEN"),
+        suppress_ifgroup=attrs.get("FRA_SUPPRESS_IFGROUP"),
+        l3mdev=attrs.get("FRA_L3MDEV"),
+        protocol=attrs.get("FRA_PROTOCOL", 0),
+    )
+
+
+def decode_route(msg: Any, names: Mapping[int, str]) -> Item | None:
+    """A protected-table Route, a HostRoute/LocalAddress for the liveness gate, or None."""
+    if msg["flags"] & RTM_F_CLONED:
+        return None
+    attrs = dict(msg["attrs"])
+    table = attrs.get("RTA_TABLE", msg["table"])
+    family = msg["family"]
+    oif_index = attrs.get("RTA_OIF")
+    oif = names.get(oif_index) if oif_index is not None else None
+    dst = attrs.get("RTA_DST")
+    host = dst is not None and msg["dst_len"] == (32 if family == AF_INET else 128)
+    if table == RT_TABLE_MAIN:
+        if host and oif is not None and "RTA_GATEWAY" not in attrs and msg["type"] == RTN_UNICAST:
+            return HostRoute(dst, oif)
+        return None
+    if table == RT_TABLE_LOCAL:
+        if host and oif is not None and msg["type"] == RTN_LOCAL:
+            return LocalAddress(dst, oif)
+        return None
+    if table in RESERVED_TABLES:
+        return None
+    bad = UNSUPPORTED_ROUTE_ATTRS.intersection(attrs)
+    if bad:
+        return Unsupported(f"route in table {table} with {sorted(bad)}")
+    if oif_index is not None and oif is None:
+        return Unsupported(f"route in table {table} on unknown ifindex {oif_index}")
+    return Route(
+        family=family,
+        table=table,
+        dst=_prefix(dst, msg["dst_len"]) if dst is not None else _default(family),
+        oif=oif,
+        gateway=attrs.get("RTA_GATEWAY"),
+        prefsrc=attrs.get("RTA_PREFSRC"),
+        priority=attrs.get("RTA_PRIORITY"),
+        tos=msg["tos"],
+        scope=msg["scope"],
+        type=msg["type"],
+        protocol=msg["proto"],
+    )
+
+
+def decode(data: bytes | memoryview, names: dict[int, str]) -> Iterator[tuple[int, int, int, int, Item | None]]:
+    """Split a netlink datagram; yield (type, flags, seq, port, item) per message.
+
+    Link messages update `names` as they pass so later routes in the same datagram resolve.
+    """
+    offset, end = 0, len(data)
+    while offset + HDR.size <= end:
+        length, mtype, flags, seq, port = HDR.unpack_from(data, offset)
+        if length < HDR.size or offset + length > end:
+            break
+        item: Item | None = None
+        if mtype in (RTM_NEWRULE, RTM_DELRULE):
+            msg = fibmsg(bytes(data[offset : offset + length]))
+            msg.decode()
+            item = decode_rule(msg)
+        elif mtype in (RTM_NEWROUTE, RTM_DELROUTE):
+            msg = rtmsg(bytes(data[offset : offset + length]))
+            msg.decode()
+            item = decode_route(msg, names)
+        elif mtype in (RTM_NEWLINK, RTM_DELLINK):
+            msg = ifinfmsg(bytes(data[offset : offset + length]))
+            msg.decode()
+            name = msg.get_attr("IFLA_IFNAME")
+            if name is not None:
+                item = Link(msg["index"], name)
+                if mtype == RTM_NEWLINK:
+                    names[item.index] = name
+                else:
+                    names.pop(item.index, None)
+        yield mtype, flags, seq, port, item
+        offset += (length + 3) & ~3
+
+
+# Encoding ---------------------------------------------------------------------------------
+
+
+def encode_rule(rule: Rule, mtype: int, flags: int, seq: int = 0) -> bytes:
+    msg = fibmsg()
+    msg["family"] = rule.family
+    msg["table"] = rule.table if rule.table < 256 else RT_TABLE_COMPAT
+    msg["action"] = rule.action
+    msg["tos"] = rule.tos
+    msg["flags"] = rule.flags
+    attrs: list[tuple[str, Any]] = [("FRA_PRIORITY", rule.priority), ("FRA_TABLE", rule.table)]
+    if rule.src is not None:
+        addr, _, length = rule.src.partition("/")
+        msg["src_len"] = int(length)
+        attrs.append(("FRA_SRC", addr))
+    if rule.dst is not None:
+        addr, _, length = rule.dst.partition("/")
+        msg["dst_len"] = int(length)
+        attrs.append(("FRA_DST", addr))
+    optional = (
+        ("FRA_FWMARK", rule.fwmark),
+        ("FRA_FWMASK", rule.fwmask),
+        ("FRA_IIFNAME", rule.iifname),
+        ("FRA_OIFNAME", rule.oifname),
+        ("FRA_GOTO", rule.goto),
+        ("FRA_SUPPRESS_PREFIXLEN", rule.suppress_prefixlen),
+        ("FRA_SUPPRESS_IFGROUP", rule.suppress_ifgroup),
+        ("FRA_L3MDEV", rule.l3mdev),
+    )
+    attrs.extend((k, v) for k, v in optional if v is not None)
+    if rule.protocol:
+        attrs.append(("FRA_PROTOCOL", rule.protocol))
+    msg["attrs"] = attrs
+    msg["header"]["type"] = mtype
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg.encode()
+    return bytes(msg.data)
+
+
+def encode_route(route: Route, ifindex: int | None, mtype: int, flags: int, seq: int = 0) -> bytes:
+    msg = rtmsg()
+    addr, _, length = route.dst.partition("/")
+    msg["family"] = route.family
+    msg["dst_len"] = int(length)
+    msg["tos"] = route.tos
+    msg["table"] = route.table if route.table < 256 else RT_TABLE_COMPAT
+    msg["proto"] = route.protocol
+    msg["scope"] = route.scope
+    msg["type"] = route.type
+    attrs: list[tuple[str, Any]] = [("RTA_TABLE", route.table)]
+    if int(length):
+        attrs.append(("RTA_DST", addr))
+    if ifindex is not None:
+        attrs.append(("RTA_OIF", ifindex))
+    if route.gateway is not None:
+        attrs.append(("RTA_GATEWAY", route.gateway))
+    if route.prefsrc is not None:
+        attrs.append(("RTA_PREFSRC", route.prefsrc))
+    if route.priority is not None:
+        attrs.append(("RTA_PRIORITY", route.priority))
+    msg["attrs"] = attrs
+    msg["header"]["type"] = mtype
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg.encode()
+    return bytes(msg.data)
+
+
+class Encoder:
+    """Keeps each protected entry's add request ready, so a repair only concatenates bytes.
+
+    pyroute2 costs ~0.05-0.17 ms per message: far more than the kernel's own work, so it is
+    paid when the snapshot changes (a pod comes or goes), never on the repair path.
+    Route requests depend on the device's ifindex and are re-encoded when it changes.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[Entry, tuple[int | None, bytes]] = {}
+
+    def add_request(self, entry: Entry, ifindex: Callable[[str], int | None]) -> bytes | None:
+        if isinstance(entry, Rule):
+            hit = self._cache.get(entry)
+            if hit is None:
+                hit = (None, encode_rule(entry, RTM_NEWRULE, ADD_FLAGS))
+                self._cache[entry] = hit
+            return hit[1]
+        index = ifindex(entry.oif) if entry.oif is not None else None
+        if entry.oif is not None and index is None:
+            return None
+        hit = self._cache.get(entry)
+        if hit is None or hit[0] != index:
+            hit = (index, encode_route(entry, index, RTM_NEWROUTE, ADD_FLAGS))
+            self._cache[entry] = hit
+        return hit[1]
+
+    def warm(self, entries: Sequence[Entry], ifindex: Callable[[str], int | None]) -> None:
+        for entry in entries:
+            self.add_request(entry, ifindex)
+
+    def retain(self, keep: set[Entry] | frozenset[Entry]) -> None:
+        for entry in [e for e in self._cache if e not in keep]:
+            del self._cache[entry]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def delete_request(entry: Entry, ifindex: int | None) -> bytes:
+    if isinstance(entry, Rule):
+        return encode_rule(entry, RTM_DELRULE, DEL_FLAGS)
+    return encode_route(entry, ifindex, RTM_DELROUTE, DEL_FLAGS)
+
+
+# Sockets ----------------------------------------------------------------------------------
+
+
+def open_socket(groups: int = 0, rcvbuf: int = 1 << 20) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    try:
+        grow_buffers(sock, rcvbuf=rcvbuf)
+        # Error acks carry only the header of the failed request, not its payload.
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        sock.bind((0, groups))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def grow_buffers(sock: socket.socket, rcvbuf: int = 0, sndbuf: int = 0) -> None:
+    """Size socket buffers; *FORCE (root/CAP_NET_ADMIN) ignores net.core.[rw]mem_max."""
+    for size, force, plain in ((rcvbuf, SO_RCVBUFFORCE, socket.SO_RCVBUF), (sndbuf, SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        if size <= 0 or sock.getsockopt(socket.SOL_SOCKET, plain) >= size * 2:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[0])
+
+
+def _recv(sock: socket.socket, size: int = 1 << 18) -> bytes | None:
+    try:
+        return sock.recv(size)
+    except BlockingIOError:
+        return None
+
+
+def dump_sync(sock: socket.socket, names: dict[int, str] | None = None, attempts: int = 5) -> Dump:
+    """Links, then IPv4/IPv6 rules and routes. Blocking: run it in a worker thread."""
+    names = {} if names is None else names
+    for _ in range(attempts):
+        dump = Dump()
+        interrupted = False
+        requests = (
+            (RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0)),
+            (RTM_GETRULE, struct.pack("=BBBBBBBBI", AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETRULE, struct.pack("=BBBBBBBBI", AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETROUTE, struct.pack("=BBBBBBBBI", AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETROUTE, struct.pack("=BBBBBBBBI", AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)),
+        )
+        for seq, (mtype, body) in enumerate(requests, start=1):
+            sock.setblocking(True)
+            sock.settimeout(5.0)
+            try:
+                sock.send(HDR.pack(HDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+                done = False
+                while not done:
+                    data = sock.recv(1 << 20)
+                    for rtype, flags, rseq, _port, item in decode(data, names):
+                        if rseq != seq:
+                            continue
+                        if flags & NLM_F_DUMP_INTR:
+                            interrupted = True
+                        if rtype == NLMSG_DONE:
+                            done = True
+                        elif rtype == NLMSG_ERROR:
+                            (code,) = struct.unpack_from("=i", data, HDR.size)
+                            raise NetlinkError(f"dump failed: {os.strerror(-code)}", -code)
+                        elif item is not None:
+                            dump.add(item)
+            except OSError as exc:
+                raise NetlinkError(f"dump failed: {exc}", exc.errno or 0) from exc
+            finally:
+                sock.setblocking(False)
+        if not interrupted:
+            return dump
+        log.debug("dump interrupted by concurrent changes, retrying")
+    raise NetlinkError("dump kept being interrupted by concurrent changes", errno.EINTR)
+
+
+async def monitor(sock: socket.socket, names: dict[int, str]) -> Any:
+    """Yield Change values from a socket bound to MONITOR_GROUPS; None after an overrun
+    (ENOBUFS: the kernel dropped notifications, so the caller must re-dump)."""
+    while True:
+        await anyio.wait_readable(sock)
+        while True:
+            try:
+                data = _recv(sock)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise NetlinkError(f"monitor: {exc}", exc.errno or 0) from exc
+                yield None
+                continue
+            if data is None:
+                break
+            for mtype, _flags, _seq, port, item in decode(data, names):
+                if item is None:
+                    continue
+                new = mtype in (RTM_NEWRULE, RTM_NEWROUTE, RTM_NEWLINK)
+                yield Change(new, item, port)
+
+
+# The batch --------------------------------------------------------------------------------
+
+ACK_ROOM = 1024  # receive buffer each ack costs (~830 bytes measured), rounded up
+
+
+@dataclass(slots=True)
+class BatchResult:
+    acked: list[int] = field(default_factory=list)  # indexes the kernel applied (error 0)
+    existed: list[int] = field(default_factory=list)  # EEXIST: already there, counts as present
+    failed: list[tuple[int, int]] = field(default_factory=list)  # (index, errno)
+    unknown: str | None = None  # why the outcome is unknown (ENOBUFS, timeout): re-dump
+
+
+class BatchWriter:
+    """Sends many requests in one sendmsg and collects one ack per message.
+
+    The kernel processes every message of the buffer even after one fails, so the batch is not
+    a transaction; `send` only reports, rollback is the caller's (see replay.py).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._seq = 1
+
+    @property
+    def port(self) -> int:
+        return port_of(self.sock)
+
+    async def send(self, messages: Sequence[bytes], timeout: float) -> BatchResult:
+        result = BatchResult()
+        n = len(messages)
+        if not n:
+            return result
+        base = self._seq
+        self._seq = (self._seq + n + 1) & 0x7FFFFFFF or 1
+        buf = bytearray(b"".join(messages))
+        offset = 0
+        pack_into = struct.pack_into
+        for i, m in enumerate(messages):
+            pack_into("=I", buf, offset + 8, base + i)  # nlmsg_seq: one per message
+            offset += len(m)
+        grow_buffers(self.sock, rcvbuf=n * ACK_ROOM + (1 << 16), sndbuf=len(buf) + (1 << 16))
+        self._drain()
+        try:
+            self.sock.send(buf)
+        except OSError as exc:
+            raise NetlinkError(f"batch send failed: {exc}", exc.errno or 0) from exc
+        pending = n
+        seen = bytearray(n)
+        with anyio.move_on_after(timeout) as scope:
+            while pending:
+                try:
+                    data = _recv(self.sock)
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        result.unknown = "ENOBUFS: acks were dropped"
+                        return result
+                    raise NetlinkError(f"batch receive failed: {exc}", exc.errno or 0) from exc
+                if data is None:
+                    await anyio.wait_readable(self.sock)
+                    continue
+                pending -= self._acks(data, base, n, seen, result)
+        if scope.cancelled_caught:
+            result.unknown = f"timeout: {pending} of {n} acks missing after {timeout:.1f}s"
+        return result
+
+    @staticmethod
+    def _acks(data: bytes, base: int, n: int, seen: bytearray, result: BatchResult) -> int:
+        got = 0
+        offset, end = 0, len(data)
+        while offset + HDR.size <= end:
+            length, mtype, _flags, seq, _port = HDR.unpack_from(data, offset)
+            if length < HDR.size:
+                break
+            i = seq - base
+            if mtype == NLMSG_ERROR and 0 <= i < n and not seen[i]:
+                seen[i] = 1
+                got += 1
+                (code,) = struct.unpack_from("=i", data, offset + HDR.size)
+                if code == 0:
+                    result.acked.append(i)
+                elif code == -errno.EEXIST:
+                    result.existed.append(i)
+                else:
+                    result.failed.append((i, -code))
+            offset += (length + 3) & ~3
+        return got
+
+    def _drain(self) -> None:
+        """Drop stale acks of an earlier batch that timed out."""
+        while True:
+            try:
+                if _recv(self.sock) is None:
+                    return
+            except OSError:
+                continue

@@ -1,0 +1,672 @@
+"""A throwaway lab: real systemd-networkd + a private D-Bus system bus in a namespace.
+
+Stdlib only, Python >= 3.10, needs root, iproute2, util-linux (nsenter/unshare),
+dbus-daemon and /lib/systemd/systemd-networkd. It never touches the host's network:
+everything lives in a network namespace plus a private mount namespace.
+
+Layout (one ``Lab``)::
+
+    ip netns add <name>
+    holder = ip netns exec <name> unshare -m --propagation private sh -c '<mounts>; exec sleep infinity'
+        tmpfs over /run/systemd, /run/dbus, /etc/systemd/network (and networkd.conf.d if present),
+        /sys remounted read-only (networkd then does not wait for udev), lo up
+    every command:  nsenter -t <holder pid> -n -m <argv>
+    dbus-daemon --system --nofork --print-pid      (child of this process; bus at
+                                                    unix:path=/run/dbus/system_bus_socket)
+    /lib/systemd/systemd-networkd                  (child of this process)
+
+Addressing conventions (VPC CNI layout, see /work/shared/VPC-CNI-LAYOUT.md):
+
+* ENI ``i`` is the veth ``eth<i>`` (peer ``vpc<i>``, up, stays in the namespace, unmanaged),
+  address ``10.0.<i>.10/24``, gateway ``10.0.<i>.1``. eth0 (created by ``start()``) also gets
+  ``Gateway=10.0.0.1`` (default route in main) and uses main; no table 1.
+* Secondary ENI ``i >= 1``: table ``i + 1`` with ``10.0.<i>.1/32 dev eth<i> scope link`` and
+  ``default via 10.0.<i>.1 dev eth<i>``, rule ``from 10.0.<i>.10 lookup <i+1> pref 32765``.
+* Pods: the third octet is the ENI index: ``10.1.<eni>.<x>`` for hand-written tests;
+  ``pod_ips(eni, n)`` yields ``10.<1 + k // 250>.<eni>.<k % 250 + 1>`` for k in range(n)
+  (so the first 250 are ``10.1.<eni>.1..250``). Per pod: host route ``<ip> dev eniXXXXXXXXXXX
+  scope link`` in main, rule ``to <ip> lookup main pref 512`` and, for eni >= 1,
+  ``from <ip> lookup <eni+1> pref 1536``. Host veths ``eni*`` match no .network file, so
+  networkd leaves them (and their routes) alone.
+
+Beware (real networkd behaviour, reproduced here): configuring any managed link -- including
+``add_eni()`` of a new managed ENI, ``reconfigure()``, ``networkctl reload`` that changes a
+link's match -- drops every foreign policy rule (512/1024/1536/32765, strict 20) and the
+reconfigured link's foreign routes (its per-ENI table).
+
+Pytest marker: the smoke/integration tests use ``pytest.mark.lab``; register it with
+``markers = ["lab: needs root + systemd-networkd; runs real networkd in a namespace"]``
+under ``[tool.pytest.ini_options]``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Dict, Iterable, List, Optional
+
+NETWORKD = "/lib/systemd/systemd-networkd"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+IP = shutil.which("ip") or "/usr/sbin/ip"
+BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
+NETWORK1 = "org.freedesktop.network1"
+NAME_PREFIX = "ndh-"
+SETTLED_STATES = frozenset({"configured", "unmanaged", "failed", "linger"})
+
+_counter = itertools.count()
+
+
+class LabError(RuntimeError):
+    """The lab could not be set up or a wait timed out."""
+
+
+class LabCommandError(subprocess.CalledProcessError):
+    """CalledProcessError whose message includes the command's stderr."""
+
+    def __str__(self) -> str:  # pragma: no cover - formatting only
+        err = (self.stderr or "").strip()
+        return f"{super().__str__()}\nstderr: {err}" if err else super().__str__()
+
+
+@dataclasses.dataclass(frozen=True)
+class Eni:
+    index: int
+    name: str          # eth<index>
+    peer: str          # vpc<index>
+    ip: str            # 10.0.<index>.10
+    prefixlen: int     # 24
+    gw: str            # 10.0.<index>.1
+    table: Optional[int]  # index + 1, None for eth0 (main)
+    ifindex: int
+    managed: bool
+
+
+@dataclasses.dataclass
+class _Pod:
+    ip: str
+    eni: int
+    veth: str
+    single: bool       # True: the veth carries only this pod (deleted with it)
+
+
+def pod_ips(eni: int, count: int, start: int = 0) -> List[str]:
+    """Pod IPs for ENI ``eni``: ``10.<1 + k // 250>.<eni>.<k % 250 + 1>``."""
+    if not 0 <= eni <= 255:
+        raise ValueError("eni must be 0..255")
+    out = []
+    for k in range(start, start + count):
+        hi = 1 + k // 250
+        if hi > 255:
+            raise ValueError("too many pods")
+        out.append(f"10.{hi}.{eni}.{k % 250 + 1}")
+    return out
+
+
+def host_veth_name(key: str) -> str:
+    """CNI-style host veth name: 'eni' + 11 hex chars (sha1 of key)."""
+    return "eni" + hashlib.sha1(key.encode()).hexdigest()[:11]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _ns_inode(pid: int, kind: str = "net") -> Optional[int]:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def _pids_in_netns(inode: int) -> List[int]:
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        if _ns_inode(int(entry)) == inode:
+            out.append(int(entry))
+    return out
+
+
+def _stop_popen(p: subprocess.Popen, timeout: float = 5.0) -> None:
+    if p.poll() is not None:
+        return
+    try:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+# Shell run by the holder inside `ip netns exec NAME unshare -m --propagation private`.
+_HOLDER_SCRIPT = r"""
+set -e
+mount -t tmpfs -o mode=0755 tmpfs /run/systemd
+mkdir -p /run/dbus
+mount -t tmpfs -o mode=0755 tmpfs /run/dbus
+mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/network
+if [ -d /etc/systemd/networkd.conf.d ]; then
+    mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/networkd.conf.d
+fi
+mount -o remount,ro /sys
+mkdir -p /run/systemd/netif/links /run/systemd/netif/leases
+chown -R systemd-network:systemd-network /run/systemd/netif
+ip link set lo up
+echo READY
+exec sleep infinity
+"""
+
+_PRIVATE_MOUNTS = ("/run/systemd", "/run/dbus", "/etc/systemd/network")
+
+
+class Lab:
+    """Real systemd-networkd in a private net+mount namespace. See module docstring."""
+
+    bus_address: str = BUS_ADDRESS
+
+    def __init__(self, name: Optional[str] = None, *, networkd_debug: bool = False,
+                 keep_logs: bool = False):
+        self.name = name or f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}"
+        if len(self.name) > 64 or "/" in self.name:
+            raise ValueError("bad namespace name")
+        self.networkd_debug = networkd_debug
+        self.keep_logs = keep_logs
+        self.holder_pid: Optional[int] = None
+        self.dbus_pid: Optional[int] = None
+        self.netns_inode: Optional[int] = None
+        self.logdir: Optional[str] = None
+        self.enis: Dict[int, Eni] = {}
+        self.pods: Dict[str, _Pod] = {}
+        self.timings: Dict[str, float] = {}
+        self._holder: Optional[subprocess.Popen] = None
+        self._dbus: Optional[subprocess.Popen] = None
+        self._networkd: Optional[subprocess.Popen] = None
+        self._children: List[subprocess.Popen] = []
+        self._netns_created = False
+        self._closed = False
+        self._started = False
+        self._bulk_counter = itertools.count()
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Lab":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.name} holder={self.holder_pid} networkd={self.networkd_pid}>"
+
+    def start(self) -> None:
+        if self._started:
+            raise LabError("Lab already started")
+        if os.geteuid() != 0:
+            raise LabError("Lab needs root")
+        self._started = True
+        t0 = time.monotonic()
+        atexit.register(self.close)
+        try:
+            self.logdir = tempfile.mkdtemp(prefix=f"{self.name}-")
+            self._start_holder()
+            self.timings["holder"] = time.monotonic() - t0
+            self._start_dbus()
+            self.timings["dbus"] = time.monotonic() - t0
+            self.add_eni(0, wait=False)
+            self.start_networkd()
+            self.timings["start"] = time.monotonic() - t0
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_holder(self) -> None:
+        r = subprocess.run([IP, "netns", "add", self.name], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise LabError(f"ip netns add {self.name} failed: {r.stderr.strip()}")
+        self._netns_created = True
+        self.netns_inode = os.stat(f"/run/netns/{self.name}").st_ino
+        # ip netns exec and unshare (without --fork) both exec, and sh execs sleep:
+        # the Popen pid ends up being the `sleep infinity` holding both namespaces.
+        self._holder = subprocess.Popen(
+            [IP, "netns", "exec", self.name, "unshare", "-m", "--propagation", "private",
+             "sh", "-c", _HOLDER_SCRIPT],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, close_fds=True)
+        self.holder_pid = self._holder.pid
+        line = self._readline(self._holder, 10.0)
+        if line.strip() != "READY":
+            err = ""
+            if self._holder.poll() is not None:
+                err = self._holder.stderr.read()
+            raise LabError(f"namespace holder failed to start: {line!r} {err.strip()}")
+        self._holder.stdout.close()
+        self._holder.stderr.close()
+        self._check_private()
+
+    @staticmethod
+    def _readline(p: subprocess.Popen, timeout: float) -> str:
+        r, _, _ = select.select([p.stdout], [], [], timeout)
+        if not r:
+            raise LabError(f"timeout waiting for pid {p.pid} to report readiness")
+        return p.stdout.readline()
+
+    def _check_private(self) -> None:
+        pid = self.holder_pid
+        if _ns_inode(pid, "mnt") == _ns_inode(os.getpid(), "mnt"):
+            raise LabError("holder shares the host mount namespace")
+        if _ns_inode(pid, "net") != self.netns_inode:
+            raise LabError("holder is not in the lab's network namespace")
+        with open(f"/proc/{pid}/mountinfo") as f:
+            mounts = {}
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mounts[left.split()[4]] = (right.split()[0], left.split()[5])
+        for path in _PRIVATE_MOUNTS:
+            if mounts.get(path, ("",))[0] != "tmpfs":
+                raise LabError(f"{path} is not a private tmpfs in the lab")
+        if "ro" not in mounts.get("/sys", ("", ""))[1].split(","):
+            raise LabError("/sys is not read-only in the lab")
+        # A file written in the lab's /etc/systemd/network must not show up on the host.
+        probe = f".ndh-probe-{self.name}"
+        self.write_file(f"/etc/systemd/network/{probe}", "probe\n")
+        try:
+            if os.path.exists(f"/etc/systemd/network/{probe}"):
+                os.unlink(f"/etc/systemd/network/{probe}")
+                raise LabError("lab mounts leak to the host (/etc/systemd/network)")
+        finally:
+            self.remove_file(f"/etc/systemd/network/{probe}")
+
+    def _start_dbus(self) -> None:
+        # --nofork keeps dbus-daemon our child (reaped, killed by pid); --print-pid doubles
+        # as the readiness signal: it is printed once the socket is listening.
+        log = open(os.path.join(self.logdir, "dbus.log"), "ab")
+        try:
+            self._dbus = subprocess.Popen(
+                [NSENTER, "-t", str(self.holder_pid), "-n", "-m",
+                 "dbus-daemon", "--system", "--nofork", "--nopidfile", "--print-pid"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
+        finally:
+            log.close()
+        line = self._readline(self._dbus, 10.0).strip()
+        if not line.isdigit():
+            raise LabError(f"dbus-daemon did not start: {line!r} (see {self.logdir}/dbus.log)")
+        self.dbus_pid = int(line)
+        self._dbus.stdout.close()
+
+    def close(self) -> None:
+        """Stop everything by PID and delete the namespace. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            atexit.unregister(self.close)
+        except Exception:
+            pass
+        for p in reversed(self._children):
+            self._quiet(_stop_popen, p)
+        self._quiet(self.stop_networkd, False)
+        if self._dbus is not None:
+            self._quiet(_stop_popen, self._dbus)
+        # Anything else still living in our netns (e.g. a daemon a test forked): by PID.
+        if self.netns_inode is not None and self._netns_created:
+            for pid in self._quiet(_pids_in_netns, self.netns_inode) or []:
+                if pid != self.holder_pid:
+                    self._quiet(os.kill, pid, signal.SIGKILL)
+        if self._holder is not None:
+            self._quiet(self._holder.kill)
+            self._quiet(self._holder.wait, 5)
+        if self._netns_created:
+            self._quiet(subprocess.run, [IP, "netns", "del", self.name],
+                        capture_output=True, timeout=10)
+        if self.logdir and not self.keep_logs:
+            self._quiet(shutil.rmtree, self.logdir, True)
+
+    @staticmethod
+    def _quiet(fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except Exception:
+            return None
+
+    @classmethod
+    def reap_stale(cls) -> List[str]:
+        """Remove leftovers of crashed runs: netns ``ndh-<pid>-*`` whose creator pid is dead.
+
+        Processes inside such a namespace are killed by PID (matched by netns inode).
+        Returns the names removed. Never called implicitly."""
+        removed = []
+        try:
+            names = os.listdir("/run/netns")
+        except OSError:
+            return removed
+        for name in names:
+            if not name.startswith(NAME_PREFIX):
+                continue
+            owner = name[len(NAME_PREFIX):].split("-", 1)[0]
+            if not owner.isdigit() or _pid_alive(int(owner)):
+                continue
+            try:
+                ino = os.stat(f"/run/netns/{name}").st_ino
+                for pid in _pids_in_netns(ino):
+                    cls._quiet(os.kill, pid, signal.SIGKILL)
+            except OSError:
+                pass
+            subprocess.run([IP, "netns", "del", name], capture_output=True)
+            removed.append(name)
+        return removed
+
+    # ------------------------------------------------------------------ running things
+    def _nsenter(self, argv: Iterable[str]) -> List[str]:
+        if self.holder_pid is None or self._closed:
+            raise LabError("lab is not running")
+        return [NSENTER, "-t", str(self.holder_pid), "-n", "-m", *argv]
+
+    def run(self, *argv: str, check: bool = True, input: Optional[str] = None,
+            timeout: float = 30) -> "subprocess.CompletedProcess[str]":
+        """Run argv inside the lab (nsenter), text mode, output captured."""
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address, SYSTEMD_COLORS="0",
+                   SYSTEMD_PAGER="")
+        r = subprocess.run(self._nsenter(argv), input=input, capture_output=True, text=True,
+                           timeout=timeout, env=env,
+                           stdin=subprocess.DEVNULL if input is None else None)
+        if check and r.returncode != 0:
+            raise LabCommandError(r.returncode, list(argv), r.stdout, r.stderr)
+        return r
+
+    def popen(self, argv: List[str], env: Optional[dict] = None, **kw) -> subprocess.Popen:
+        """Start a long-running process inside the lab.
+
+        ``env`` is merged over os.environ; DBUS_SYSTEM_BUS_ADDRESS is always set (unless
+        ``env`` sets it). The process is stopped (SIGTERM, then SIGKILL) by ``close()``;
+        stop it yourself earlier if the test needs its exit status."""
+        full_env = dict(os.environ)
+        full_env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus_address
+        if env:
+            full_env.update(env)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        p = subprocess.Popen(self._nsenter(argv), env=full_env, **kw)
+        self._children.append(p)
+        return p
+
+    def path(self, p: str) -> str:
+        """Host path for an absolute path as seen inside the lab (/proc/<holder>/root/...)."""
+        return f"/proc/{self.holder_pid}/root/{p.lstrip('/')}"
+
+    def write_file(self, p: str, text: str) -> None:
+        with open(self.path(p), "w") as f:
+            f.write(text)
+
+    def read_file(self, p: str) -> str:
+        with open(self.path(p)) as f:
+            return f.read()
+
+    def remove_file(self, p: str) -> None:
+        try:
+            os.unlink(self.path(p))
+        except FileNotFoundError:
+            pass
+
+    def busctl(self, *args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+        return self.run("busctl", "--system", *args, check=check)
+
+    # ------------------------------------------------------------------ ip oracle
+    def ip_json(self, *args: str) -> List[dict]:
+        """``ip -j <args>`` inside the lab, parsed; [] for empty output."""
+        out = self.run(IP, "-j", *args).stdout.strip()
+        return json.loads(out) if out else []
+
+    def rules(self, family: int = 4) -> List[dict]:
+        return self.ip_json("-d", f"-{family}", "rule", "show")
+
+    def routes(self, table, family: int = 4) -> List[dict]:
+        return self.ip_json("-d", f"-{family}", "route", "show", "table", str(table))
+
+    def rule_prefs(self, family: int = 4) -> List[int]:
+        """Sorted priorities of all rules (handy for asserts)."""
+        return sorted(r.get("priority", 0) for r in self.rules(family))
+
+    def links(self) -> List[str]:
+        """Interface names in the lab (from the lab's sysfs, no subprocess)."""
+        return sorted(os.listdir(self.path("/sys/class/net")))
+
+    def ip_batch(self, lines: List[str], force: bool = False) -> None:
+        """Feed lines to ``ip [-force] -batch -``. With force, errors are ignored."""
+        if not lines:
+            return
+        args = [IP] + (["-force"] if force else []) + ["-batch", "-"]
+        self.run(*args, input="\n".join(lines) + "\n", check=not force, timeout=120)
+
+    # ------------------------------------------------------------------ networkd
+    @property
+    def networkd_pid(self) -> Optional[int]:
+        p = self._networkd
+        return p.pid if p is not None and p.poll() is None else None
+
+    def networkd_log(self) -> str:
+        try:
+            with open(os.path.join(self.logdir, "networkd.log"), errors="replace") as f:
+                return f.read()
+        except (OSError, TypeError):
+            return ""
+
+    def name_owner(self, name: str = NETWORK1) -> Optional[str]:
+        """Unique bus name owning ``name`` on the lab's bus, or None."""
+        r = self.busctl("call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                        "org.freedesktop.DBus", "GetNameOwner", "s", name, check=False)
+        if r.returncode != 0:
+            return None
+        return r.stdout.split('"')[1] if '"' in r.stdout else None
+
+    def _wait(self, pred, timeout: float, what: str, interval: float = 0.05):
+        deadline = time.monotonic() + timeout
+        while True:
+            v = pred()
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise LabError(f"timeout ({timeout}s) waiting for {what}")
+            time.sleep(interval)
+
+    def start_networkd(self, wait: bool = True, timeout: float = 15) -> None:
+        if self.networkd_pid is not None:
+            raise LabError("networkd already running")
+        if self._dbus is None or self._dbus.poll() is not None:
+            raise LabError("dbus-daemon is not running")
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address,
+                   SYSTEMD_LOG_LEVEL="debug" if self.networkd_debug else "info",
+                   SYSTEMD_LOG_TARGET="console")
+        env.pop("NOTIFY_SOCKET", None)
+        env.pop("LISTEN_FDS", None)
+        log = open(os.path.join(self.logdir, "networkd.log"), "ab")
+        try:
+            self._networkd = subprocess.Popen(self._nsenter([NETWORKD]), env=env,
+                                              stdin=subprocess.DEVNULL, stdout=log,
+                                              stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        if not wait:
+            return
+
+        def owned():
+            if self._networkd.poll() is not None:
+                raise LabError("systemd-networkd exited: " + self.networkd_log()[-2000:])
+            return self.name_owner()
+        self._wait(owned, timeout, "org.freedesktop.network1 to be owned")
+        self.wait_settled(timeout)
+
+    def stop_networkd(self, wait_name: bool = True) -> None:
+        p = self._networkd
+        if p is None:
+            return
+        self._networkd = None
+        _stop_popen(p, 10)
+        if wait_name and self._dbus is not None and self._dbus.poll() is None:
+            # dbus-daemon releases the name when it notices the closed connection;
+            # don't let a quick restart race with that.
+            self._wait(lambda: self.name_owner() is None, 5, "org.freedesktop.network1 release")
+
+    def restart_networkd(self, wait: bool = True, timeout: float = 15) -> None:
+        self.stop_networkd()
+        self.start_networkd(wait=wait, timeout=timeout)
+
+    def reconfigure(self, *links: str, wait: bool = False) -> None:
+        """``networkctl reconfigure LINK...`` (default: all ENIs). The bus call returns after
+        the link is already back in 'initialized'; the wipe follows within milliseconds."""
+        names = list(links) or [e.name for e in self.enis.values() if e.managed]
+        self.run("networkctl", "reconfigure", *names)
+        if wait:
+            self.wait_settled()
+
+    def reload(self) -> None:
+        self.run("networkctl", "reload")
+
+    def networkctl_json(self) -> dict:
+        return json.loads(self.run("networkctl", "list", "--json=short").stdout)
+
+    def link_states(self) -> Dict[str, str]:
+        """name -> AdministrativeState, from ``networkctl list --json=short`` (bus Describe())."""
+        return {i["Name"]: i.get("AdministrativeState", "")
+                for i in self.networkctl_json().get("Interfaces", [])}
+
+    def wait_settled(self, timeout: float = 15) -> None:
+        """Until networkd knows every link in the lab and each is configured/unmanaged/
+        failed/linger. Polls every 50 ms (test harness only)."""
+        last: Dict[str, str] = {}
+
+        def settled():
+            nonlocal last
+            if self._networkd is not None and self._networkd.poll() is not None:
+                raise LabError("systemd-networkd exited: " + self.networkd_log()[-2000:])
+            try:
+                last = self.link_states()
+            except (subprocess.CalledProcessError, ValueError):
+                return False
+            if not set(self.links()) <= set(last):
+                return False
+            return all(s in SETTLED_STATES for s in last.values())
+        try:
+            self._wait(settled, timeout, "links to settle")
+        except LabError as e:
+            raise LabError(f"{e}; states={last}") from None
+
+    def wait_state(self, link: str, state: str = "configured", timeout: float = 15) -> None:
+        self._wait(lambda: self.link_states().get(link) == state, timeout,
+                   f"{link} to be {state}")
+
+    # ------------------------------------------------------------------ VPC CNI layout
+    def add_eni(self, index: int, *, managed: bool = True, wait: bool = True) -> Eni:
+        """Create ENI ``eth<index>`` (see module docstring). A managed ENI appearing makes
+        networkd configure it, which drops foreign rules (ENI hot-plug)."""
+        if index in self.enis:
+            raise LabError(f"eth{index} exists")
+        if not 0 <= index <= 200:
+            raise ValueError("index must be 0..200")
+        name, peer = f"eth{index}", f"vpc{index}"
+        ip, gw = f"10.0.{index}.10", f"10.0.{index}.1"
+        table = index + 1 if index >= 1 else None
+        if managed:
+            conf = ("[Match]\nName={n}\n\n[Network]\nAddress={ip}/24\n{gwl}"
+                    "LinkLocalAddressing=no\nIPv6AcceptRA=no\n").format(
+                        n=name, ip=ip, gwl=f"Gateway={gw}\n" if index == 0 else "")
+            self.write_file(f"/etc/systemd/network/10-{name}.network", conf)
+            if self.networkd_pid is not None:
+                self.reload()
+        lines = [f"link add {name} type veth peer name {peer}",
+                 f"link set {peer} up"]
+        if not managed:
+            lines += [f"addr add {ip}/24 dev {name}", f"link set {name} up"]
+        self.ip_batch(lines)
+        if managed and wait and self.networkd_pid is not None:
+            self.wait_state(name)
+        ifindex = int(self.read_file(f"/sys/class/net/{name}/ifindex"))
+        if table is not None:
+            self.ip_batch([f"route replace {gw}/32 dev {name} scope link table {table}",
+                           f"route replace default via {gw} dev {name} table {table}",
+                           f"rule add from {ip} lookup {table} priority 32765"])
+        eni = Eni(index, name, peer, ip, 24, gw, table, ifindex, managed)
+        self.enis[index] = eni
+        return eni
+
+    def eni_routes(self, index: int) -> List[str]:
+        """The per-ENI table routes as ip-batch lines (to restore them by hand)."""
+        e = self.enis[index]
+        return [f"route replace {e.gw}/32 dev {e.name} scope link table {e.table}",
+                f"route replace default via {e.gw} dev {e.name} table {e.table}"]
+
+    def node_rules(self, strict: bool = False) -> None:
+        lines = ["rule add fwmark 0x80/0x80 lookup main priority 1024"]
+        if strict:
+            lines += ["rule add priority 20 lookup local", "rule del priority 0 lookup local"]
+        self.ip_batch(lines)
+
+    def _pod_rule_lines(self, ip: str, eni: int, verb: str = "add") -> List[str]:
+        lines = [f"rule {verb} to {ip} lookup main priority 512"]
+        if eni >= 1:
+            lines.append(f"rule {verb} from {ip} lookup {eni + 1} priority 1536")
+        return lines
+
+    def pod_rule_lines(self, ip: Optional[str] = None) -> List[str]:
+        """ip-batch lines that (re)add the 512/1536 rules of one pod or all live pods."""
+        pods = [self.pods[ip]] if ip else list(self.pods.values())
+        return [ln for p in pods for ln in self._pod_rule_lines(p.ip, p.eni)]
+
+    def add_pod(self, ip: str, eni: int) -> str:
+        """One pod like CNI ADD; returns the host veth name."""
+        if ip in self.pods:
+            raise LabError(f"pod {ip} exists")
+        veth = host_veth_name(f"{self.name}/{ip}/{time.monotonic_ns()}")
+        peer = "p" + veth[3:]
+        self.ip_batch([f"link add {veth} type veth peer name {peer}",
+                       f"link set {veth} up", f"link set {peer} up",
+                       f"route add {ip} dev {veth} scope link",
+                       *self._pod_rule_lines(ip, eni)])
+        self.pods[ip] = _Pod(ip, eni, veth, True)
+        return veth
+
+    def add_pods_bulk(self, ips: List[str], eni: int, per_veth: int = 50) -> None:
+        """Many pods at once: one host veth per ``per_veth`` pods, one ``ip -batch``."""
+        lines: List[str] = []
+        new: List[_Pod] = []
+        for start in range(0, len(ips), max(1, per_veth)):
+            chunk = ips[start:start + per_veth]
+            veth = host_veth_name(f"{self.name}/bulk/{next(self._bulk_counter)}")
+            peer = "p" + veth[3:]
+            lines += [f"link add {veth} type veth peer name {peer}",
+                      f"link set {veth} up", f"link set {peer} up"]
+            for ip in chunk:
+                if ip in self.pods:
+                    raise LabError(f"pod {ip} exists")
+                lines.append(f"route add {ip} dev {veth} scope link")
+                lines += self._pod_rule_lines(ip, eni)
+                new.append(_Pod(ip, eni, veth, False))
+        self.ip_batch(lines)
+        for p in new:
+            self.pods[p.ip] = p
+
+    def del_pod(self, ip: str) -> None:
+        """Like CNI DEL: rules first, then the host route (and the veth if single-pod).
+        Rules already wiped by networkd are not an error."""
+        p = self.pods.pop(ip)
+        lines = self._pod_rule_lines(ip, p.eni, "del")
+        # A single-pod veth takes its host route along when deleted.
+        lines.append(f"link del {p.veth}" if p.single else f"route del {ip} dev {p.veth}")
+        self.ip_batch(lines, force=True)
