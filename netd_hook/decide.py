@@ -77,6 +77,13 @@ class Lost:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspect:
+    """The kernel view may be stale (monitor overrun, config reload): re-read it once settled."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The replay or verification asked for has finished."""
 
@@ -86,7 +93,7 @@ class Tick:
     """A Wake deadline has passed."""
 
 
-Event = Union[OwnerChanged, LinksListed, LinkChanged, LinkRemoved, Lost, Done, Tick]
+Event = Union[OwnerChanged, LinksListed, LinkChanged, LinkRemoved, Lost, Suspect, Done, Tick]
 
 
 # Actions ----------------------------------------------------------------------------------
@@ -155,6 +162,8 @@ def _apply(state: State, event: Event, now: float) -> State:
         if event.count <= 0:
             return state
         return _cause(replace(state, lost=state.lost + event.count, last_loss=now), event.cause)
+    if isinstance(event, Suspect):
+        return _cause(replace(state, verify=True), event.reason)
     if isinstance(event, Done):
         return replace(state, busy=False)
     return state  # Tick: only re-evaluates

@@ -1,0 +1,82 @@
+"""sd_notify and the audit record. One place holds a repair's data; the log line (and, later,
+journald's structured fields) are rendered from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """sd_notify(3) over $NOTIFY_SOCKET; a no-op when the service manager did not set one."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        self._address: str | None = None
+        self._sock: socket.socket | None = None
+        if address:
+            # '@' marks Linux's abstract namespace.
+            self._address = "\0" + address[1:] if address.startswith("@") else address
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def send(self, **fields: str | int) -> None:
+        if self._sock is None or self._address is None:
+            return
+        payload = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
+        try:
+            self._sock.sendto(payload.encode(), self._address)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval() -> float | None:
+    """Half of WATCHDOG_USEC, when the watchdog is ours (WATCHDOG_PID unset or our pid)."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RepairRecord:
+    trigger: str
+    rules_restored: int
+    routes_restored: int
+    already_present: int
+    skipped_dead: int
+    skipped_other: int
+    set_aside: int
+    rollbacks: int
+    batches: int
+    duration_ms: float
+    networkd_owner: str
+
+    def fields(self) -> dict[str, str]:
+        """NETD_HOOK_* journald fields."""
+        return {f"NETD_HOOK_{k.upper()}": (f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in asdict(self).items()}
+
+    def line(self) -> str:
+        return (
+            f"repair trigger={self.trigger} rules_restored={self.rules_restored} "
+            f"routes_restored={self.routes_restored} already_present={self.already_present} "
+            f"skipped_dead={self.skipped_dead} skipped_other={self.skipped_other} set_aside={self.set_aside} "
+            f"rollbacks={self.rollbacks} batches={self.batches} duration_ms={self.duration_ms:.1f} "
+            f"networkd_owner={self.networkd_owner}"
+        )

@@ -1,0 +1,348 @@
+"""`netd-hook run`: wires the adapters to the pure core inside one anyio task group.
+
+Start-up order matters (subscribe, then list): the netlink monitor socket is opened before the
+first dump and the D-Bus matches are added before networkd's links are listed, so no change
+slips between the picture and the stream that keeps it current. READY=1 follows both.
+Callbacks only enqueue; this module's single loop does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from . import config as configmod
+from . import decide, netlink, store
+from .journal import Notifier, RepairRecord, watchdog_interval
+from .model import Entry, Route, Rule
+from .netlink import BatchWriter, Change, Encoder, Link
+from .networkd import BusCounters, OwnerPid, watch
+from .plan import Plan, plan
+from .procfs import NetworkdPorts
+from .replay import execute
+from .track import Cause, Tracker, classify
+
+log = logging.getLogger(__name__)
+
+SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync
+MONITOR_RCVBUF = 32 << 20  # a wipe of 10,000 rules must not overrun the monitor
+
+
+@dataclass(slots=True)
+class Counters:
+    repairs: int = 0
+    rules_restored: int = 0
+    routes_restored: int = 0
+    skipped_dead: int = 0
+    set_aside: int = 0
+    rollbacks: int = 0
+    losses: dict[str, int] = field(default_factory=dict)  # repairable losses by cause
+    forgotten_deliberate: int = 0  # deletions by others (the CNI): never replayed
+    monitor_overruns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    pass
+
+
+class Service:
+    def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
+                 bus_address: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.state_dir = cfg.state_dir
+        self.notifier = notifier
+        self.bus_address = bus_address
+        self.counters = Counters()
+        self.bus = BusCounters()
+        self.ports = NetworkdPorts()
+        self.encoder = Encoder()
+        self.set_aside: set[Entry] = set()
+        self.state = decide.State(params=_params(cfg))
+        self.wake_at: float | None = None
+        self.save_at: float | None = None
+        self.saved_version = -1
+        self.last_repair: RepairRecord | None = None
+        self.tracker: Tracker
+        tx, rx = anyio.create_memory_object_stream[Any](math.inf)
+        self.tx: MemoryObjectSendStream[Any] = tx
+        self.rx: MemoryObjectReceiveStream[Any] = rx
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        mon = netlink.open_socket(netlink.MONITOR_GROUPS, rcvbuf=MONITOR_RCVBUF)  # before the dump
+        batch_sock = netlink.open_socket()
+        dump_sock = netlink.open_socket()
+        self.own_ports = frozenset(netlink.port_of(s) for s in (mon, batch_sock, dump_sock))
+        self.writer = BatchWriter(batch_sock)
+        self.dump_sock = dump_sock
+        try:
+            loaded = store.load(self.state_dir)
+            if loaded.status == "corrupt":
+                log.error("snapshot file is corrupt (%s); moved aside to %s; rebuilding from the kernel",
+                          loaded.detail, loaded.moved_to)
+            elif loaded.status == "loaded":
+                log.info("loaded snapshot: %d rules, %d routes", len(loaded.snapshot.rules), len(loaded.snapshot.routes))
+            self.tracker = Tracker(self.cfg.scope, loaded.snapshot)
+            self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, dump_sock))
+            self._warm()
+            self._save()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._monitor, mon)
+                tg.start_soon(self._signals, tg.cancel_scope)
+                await tg.start(self._watch)
+                self.tx.send_nowait(_Startup())
+                self.notifier.send(ready=1, status=self._status())
+                log.info("ready: protecting %d rules and %d routes", len(self.tracker.rules), len(self.tracker.routes))
+                if (interval := watchdog_interval()) is not None:
+                    tg.start_soon(self._watchdog, interval)
+                await self._loop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if hasattr(self, "tracker"):
+                    try:
+                        self._save()
+                    except OSError as exc:
+                        log.error("cannot save snapshot at exit: %s", exc)
+                for s in (mon, batch_sock, dump_sock):
+                    s.close()
+
+    async def _watch(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        await watch(self.tx.send_nowait, self.bus, address=self.bus_address, task_status=task_status)
+
+    async def _monitor(self, sock: Any) -> None:
+        async for change in netlink.monitor(sock, self.tracker.links):
+            self.tx.send_nowait(change)
+
+    async def _signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.tx.send_nowait(Reload())
+                    continue
+                log.info("stopping on %s", signal.Signals(signum).name)
+                self.notifier.send(stopping=1, status="stopping")
+                scope.cancel()
+                return
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.send(watchdog=1)
+            await anyio.sleep(interval)
+
+    # the loop -------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            deadline = min(t for t in (self.wake_at, self.save_at, math.inf) if t is not None)
+            events: list[Any] = []
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                events.append(await self.rx.receive())
+            while True:
+                try:
+                    events.append(self.rx.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            now = anyio.current_time()
+            await self._handle(events, now)
+            if self.wake_at is not None and now >= self.wake_at:
+                self.wake_at = None
+                await self._step(decide.Tick())
+            if self.tracker.fresh:
+                self._warm()
+            if self.tracker.version != self.saved_version and self.save_at is None:
+                self.save_at = now + SAVE_DELAY
+            if self.save_at is not None and now >= self.save_at:
+                self.save_at = None
+                await anyio.to_thread.run_sync(self._save)
+
+    async def _handle(self, events: list[Any], now: float) -> None:
+        # Netlink changes are folded into one Lost per run of changes, so a burst of thousands
+        # of deletions costs one decision (and one batch), not thousands.
+        lost: dict[str, int] = {}
+        for ev in events:
+            if isinstance(ev, Change):
+                cause = classify(ev.port, self.own_ports, self.ports)
+                if self.tracker.apply(ev, cause):
+                    lost[cause.value] = lost.get(cause.value, 0) + 1
+                elif cause is Cause.OTHER and not ev.new and isinstance(ev.item, (Rule, Route)):
+                    self.counters.forgotten_deliberate += 1
+                if isinstance(ev.item, Link) and not ev.new:
+                    await self._flush(lost)
+                    await self._step(decide.LinkRemoved(ev.item.index))
+                continue
+            await self._flush(lost)
+            if ev is None:
+                self.counters.monitor_overruns += 1
+                log.warning("netlink monitor overrun: notifications were lost; re-reading the kernel")
+                await self._step(decide.Suspect("monitor-overrun"))
+            elif isinstance(ev, OwnerPid):
+                self.ports.set_pid(ev.pid)
+            elif isinstance(ev, decide.LinkChanged):
+                await self._step(replace(ev, name=self.tracker.links.get(ev.index, "")))
+            elif isinstance(ev, (decide.OwnerChanged, decide.LinksListed)):
+                if isinstance(ev, decide.OwnerChanged):
+                    log.info("networkd owner: %s", ev.owner or "(none)")
+                await self._step(ev)
+            elif isinstance(ev, Reload):
+                await self._reload()
+            elif isinstance(ev, _Startup):
+                missing = len(self._plan())
+                if missing:
+                    log.info("startup: %d protected entries missing", missing)
+                await self._step(decide.Lost(missing, "startup"))
+        await self._flush(lost)
+
+    async def _flush(self, lost: dict[str, int]) -> None:
+        for cause, n in lost.items():
+            self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
+            log.info("lost %d protected entries (removed by %s)", n, cause)
+            await self._step(decide.Lost(n, cause))
+        lost.clear()
+
+    async def _step(self, event: decide.Event) -> None:
+        queue: list[decide.Event] = [event]
+        while queue:
+            self.state, actions = decide.step(self.state, queue.pop(0), anyio.current_time())
+            for action in actions:
+                if isinstance(action, decide.Wake):
+                    self.wake_at = action.at
+                elif isinstance(action, decide.Replay):
+                    await self._replay(action.trigger)
+                    queue.append(decide.Done())
+                elif isinstance(action, decide.Verify):
+                    missing = await self._verify()
+                    queue.append(decide.Done())
+                    if missing:
+                        queue.append(decide.Lost(missing, "verify"))
+
+    # actions --------------------------------------------------------------------------------
+
+    def _managed(self) -> frozenset[str]:
+        return frozenset(
+            self.tracker.links[i] for i, st in self.state.links.items()
+            if st != "unmanaged" and i in self.tracker.links
+        )
+
+    def _plan(self) -> Plan:
+        t = self.tracker
+        return plan(t.snapshot(), t.present_rules, t.present_routes, t.liveness(self._managed()), self.set_aside)
+
+    async def _resync(self) -> Plan:
+        self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, self.dump_sock))
+        return self._plan()
+
+    async def _verify(self) -> int:
+        """Re-read the kernel after networkd settles: the kernel flushes a reconfigured link's
+        table routes without any notification, and an overrun monitor misses anything."""
+        self.set_aside.clear()  # a new networkd generation: retry what failed before
+        return len(await self._resync())
+
+    async def _replay(self, trigger: str) -> None:
+        started = time.perf_counter()
+        p = self._plan()
+        dead = [s.entry for s in p.skipped if s.dead]
+        for s in p.skipped:
+            log.info("not restoring %s: %s", s.entry.describe(), s.reason)
+        self.tracker.forget(dead)
+        if not len(p):
+            if p.skipped:
+                self._record(trigger, started, p, None)
+            return
+        cfg = self.cfg.replay
+        out = await execute(
+            p, self._add_request, self._delete_request, self.writer,
+            timeout=cfg.ack_timeout_ms / 1000, max_attempts=cfg.max_attempts, replan=self._resync,
+        )
+        self.set_aside.update(e for e, _ in out.set_aside)
+        c = self.counters
+        c.repairs += 1
+        c.rules_restored += out.rules_restored
+        c.routes_restored += out.routes_restored
+        c.set_aside += len(out.set_aside)
+        c.rollbacks += out.rollbacks
+        self._record(trigger, started, p, out)
+
+    def _record(self, trigger: str, started: float, p: Plan, out: Any) -> None:
+        dead = sum(1 for s in p.skipped if s.dead)
+        self.counters.skipped_dead += dead
+        rec = RepairRecord(
+            trigger=trigger,
+            rules_restored=out.rules_restored if out else 0,
+            routes_restored=out.routes_restored if out else 0,
+            already_present=out.already_present if out else 0,
+            skipped_dead=dead,
+            skipped_other=len(p.skipped) - dead,
+            set_aside=len(out.set_aside) if out else 0,
+            rollbacks=out.rollbacks if out else 0,
+            batches=out.batches if out else 0,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            networkd_owner=self.state.owner or "-",
+        )
+        self.last_repair = rec
+        log.warning("%s", rec.line())
+        self.notifier.send(status=self._status())
+
+    def _add_request(self, entry: Entry) -> bytes | None:
+        return self.encoder.add_request(entry, self.tracker.ifindex)
+
+    def _delete_request(self, entry: Entry) -> bytes:
+        index = self.tracker.ifindex(entry.oif) if isinstance(entry, Route) and entry.oif else None
+        return netlink.delete_request(entry, index)
+
+    def _warm(self) -> None:
+        fresh, self.tracker.fresh = self.tracker.fresh, []
+        self.encoder.warm(fresh, self.tracker.ifindex)
+        if len(self.encoder) > 2 * (len(self.tracker.rules) + len(self.tracker.routes)) + 64:
+            self.encoder.retain(self.tracker.rules | self.tracker.routes)
+
+    def _save(self) -> None:
+        version = self.tracker.version
+        store.save(self.state_dir, self.tracker.snapshot())
+        self.saved_version = version
+
+    async def _reload(self) -> None:
+        try:
+            cfg = configmod.load(self.config_path)
+        except configmod.ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        cfg = replace(cfg, state_dir=self.state_dir)
+        if cfg.scope != self.cfg.scope:
+            self.tracker.rescope(cfg.scope)  # what newly enters the scope comes with the re-dump below
+        self.cfg = cfg
+        self.state = replace(self.state, params=_params(cfg))
+        logging.getLogger("netd_hook").setLevel(cfg.log_level.upper())
+        log.info("reloaded configuration from %s", cfg.source)
+        await self._step(decide.Suspect("reload"))
+
+    def _status(self) -> str:
+        t = self.tracker
+        settled = decide.settled(self.state, anyio.current_time())
+        s = (f"protecting {len(t.rules)} rules, {len(t.snapshot().protected_routes())} routes; "
+             f"networkd {'settled' if settled else 'busy'}; repairs {self.counters.repairs}")
+        if self.last_repair:
+            s += f"; last: {self.last_repair.trigger} +{self.last_repair.rules_restored} rules"
+        return s
+
+    def counters_dict(self) -> dict[str, Any]:
+        return {**asdict(self.counters), **asdict(self.bus)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Startup:
+    pass
+
+
+def _params(cfg: configmod.Config) -> decide.Params:
+    return decide.Params(quiet=cfg.replay.quiet_ms / 1000, absent_grace=cfg.replay.absent_grace_ms / 1000)

@@ -1,0 +1,191 @@
+"""The live picture: what is protected (the snapshot), what the kernel has now, and who removed
+what. Fed with decoded netlink changes and dumps; no I/O.
+
+Attribution uses the kernel's own word: a notification's `nlmsg_pid` is the netlink port id of
+the socket whose request caused it (net/core/fib_rules.c notify_rule_change, fib_table_delete's
+rtmsg_fib). So a deletion by networkd is told apart from one by the CNI whatever the timing of
+the D-Bus signals, and a stranger on the bus cannot make a CNI deletion look like networkd's.
+  - networkd's port  -> lost: keep it, repair it once networkd settles;
+  - port 0 (kernel)  -> lost the same way (a flush, e.g. when its device went away);
+  - our own port     -> our rollback: nothing changes in the snapshot;
+  - anyone else      -> deliberate (the CNI deleting a pod): forget it, never replay it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from enum import Enum
+
+from .model import Entry, Route, Rule, Snapshot
+from .netlink import Change, Dump, HostRoute, Link, LocalAddress, Unsupported
+from .plan import Liveness
+from .scope import Scope, route_in_scope, rule_in_scope
+
+
+class Cause(str, Enum):
+    NETWORKD = "networkd"
+    KERNEL = "kernel"
+    SELF = "self"
+    OTHER = "other"
+
+
+def classify(port: int, own_ports: Collection[int], is_networkd: Callable[[int], bool]) -> Cause:
+    if port == 0:
+        return Cause.KERNEL
+    if port in own_ports:
+        return Cause.SELF
+    if is_networkd(port):
+        return Cause.NETWORKD
+    return Cause.OTHER
+
+
+class Tracker:
+    """Mutable by design (10,000 entries, thousands of events per burst), deterministic, I/O-free."""
+
+    def __init__(self, scope: Scope, snapshot: Snapshot = Snapshot()) -> None:
+        self.scope = scope
+        self.rules: set[Rule] = {r for r in snapshot.rules if rule_in_scope(scope, r)}
+        self.routes: set[Route] = {r for r in snapshot.routes if route_in_scope(scope, r)}
+        self._tables: Counter[int] = Counter(r.table for r in self.rules)
+        self.present_rules: set[Rule] = set()
+        self.present_routes: set[Route] = set()
+        self.links: dict[int, str] = {}
+        self.host_routes: dict[str, set[str]] = {}
+        self.local_addresses: dict[str, set[str]] = {}
+        self.unsupported = 0
+        self.version = 0  # bumped whenever the snapshot changes (persist)
+        self.fresh: list[Entry] = [*self.rules, *self.routes]  # newly protected: encode their requests
+
+    # snapshot membership ---------------------------------------------------------------------
+
+    def _protect_rule(self, rule: Rule) -> None:
+        if rule not in self.rules and rule_in_scope(self.scope, rule):
+            self.rules.add(rule)
+            self._tables[rule.table] += 1
+            self.fresh.append(rule)
+            self.version += 1
+
+    def _protect_route(self, route: Route) -> None:
+        if route not in self.routes and route_in_scope(self.scope, route):
+            self.routes.add(route)
+            self.fresh.append(route)
+            self.version += 1
+
+    def forget(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            if isinstance(entry, Rule):
+                if entry in self.rules:
+                    self.rules.discard(entry)
+                    self._tables[entry.table] -= 1
+                    if not self._tables[entry.table]:
+                        del self._tables[entry.table]
+                    self.version += 1
+            elif entry in self.routes:
+                self.routes.discard(entry)
+                self.version += 1
+
+    def rescope(self, scope: Scope) -> None:
+        self.scope = scope
+        self.forget([r for r in self.rules if not rule_in_scope(scope, r)])
+        self.forget([r for r in self.routes if not route_in_scope(scope, r)])
+
+    def protects(self, entry: Entry) -> bool:
+        if isinstance(entry, Rule):
+            return entry in self.rules
+        return entry in self.routes and entry.table in self._tables
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(frozenset(self.rules), frozenset(self.routes))
+
+    # kernel view -----------------------------------------------------------------------------
+
+    def load(self, dump: Dump) -> None:
+        """Replace the kernel view with a full dump and merge what it shows into the snapshot."""
+        # In place: the monitor's decoder resolves route devices through this same dict.
+        self.links.clear()
+        self.links.update((link.index, link.name) for link in dump.links)
+        self.present_rules = set(dump.rules)
+        self.present_routes = set(dump.routes)
+        self.host_routes = {}
+        for h in dump.host_routes:
+            self.host_routes.setdefault(h.addr, set()).add(h.oif)
+        self.local_addresses = {}
+        for a in dump.local_addresses:
+            self.local_addresses.setdefault(a.addr, set()).add(a.oif)
+        self.unsupported = dump.unsupported
+        for rule in dump.rules:
+            self._protect_rule(rule)
+        for route in dump.routes:
+            self._protect_route(route)
+
+    def apply(self, change: Change, cause: Cause) -> bool:
+        """Apply one notification; True when it is a repairable loss of a protected entry."""
+        item = change.item
+        if isinstance(item, Rule):
+            if change.new:
+                self.present_rules.add(item)
+                self._protect_rule(item)
+                return False
+            self.present_rules.discard(item)
+            return self._lost(item, cause)
+        if isinstance(item, Route):
+            if change.new:
+                self.present_routes.add(item)
+                self._protect_route(item)
+                return False
+            self.present_routes.discard(item)
+            return self._lost(item, cause)
+        if isinstance(item, HostRoute):
+            _update(self.host_routes, item.addr, item.oif, change.new)
+        elif isinstance(item, LocalAddress):
+            _update(self.local_addresses, item.addr, item.oif, change.new)
+        elif isinstance(item, Link):
+            self._link(item, change.new)
+        elif isinstance(item, Unsupported):
+            self.unsupported += 1
+        return False
+
+    def _lost(self, entry: Entry, cause: Cause) -> bool:
+        if not self.protects(entry):
+            return False
+        if cause is Cause.OTHER:
+            self.forget([entry])
+            return False
+        return cause is not Cause.SELF
+
+    def _link(self, link: Link, new: bool) -> None:
+        if new:
+            self.links[link.index] = link.name
+            return
+        self.links.pop(link.index, None)
+        # The kernel flushes routes of a deleted device without telling anyone (IPv4).
+        self.present_routes = {r for r in self.present_routes if r.oif != link.name}
+        for table in (self.host_routes, self.local_addresses):
+            for addr in [a for a, devs in table.items() if link.name in devs]:
+                _update(table, addr, link.name, False)
+
+    def ifindex(self, name: str) -> int | None:
+        for index, n in self.links.items():
+            if n == name:
+                return index
+        return None
+
+    def liveness(self, managed: Collection[str]) -> Liveness:
+        return Liveness(
+            links=frozenset(self.links.values()),
+            host_routes=self.host_routes,
+            local_addresses=self.local_addresses,
+            managed=managed,
+        )
+
+
+def _update(table: dict[str, set[str]], addr: str, dev: str, add: bool) -> None:
+    if add:
+        table.setdefault(addr, set()).add(dev)
+        return
+    devs = table.get(addr)
+    if devs is not None:
+        devs.discard(dev)
+        if not devs:
+            del table[addr]

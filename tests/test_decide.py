@@ -1,0 +1,140 @@
+"""The when-to-replay state machine, table-style: (events with times) -> actions."""
+
+from __future__ import annotations
+
+import pytest
+
+from netd_hook.decide import (
+    Done, LinkChanged, LinkRemoved, LinksListed, Lost, OwnerChanged, Params, Replay, State, Suspect, Tick,
+    Verify, Wake, settled, step,
+)
+
+A, B = ":1.7", ":1.9"
+SETTLED = {1: "configured", 2: "configured", 5: "unmanaged"}
+
+
+def up(owner=A, links=SETTLED, **params):
+    state = State(params=Params(**params))
+    for ev in (OwnerChanged(owner), LinksListed(owner, links)):
+        state, actions = step(state, ev, 0.0)
+        assert actions == []
+    return state
+
+
+def run(state, script):
+    """script: list of (time, event); returns the final state and [(time, action)]."""
+    out = []
+    for t, ev in script:
+        state, actions = step(state, ev, t)
+        out += [(t, a) for a in actions]
+    return state, out
+
+
+CASES = {
+    "loss while settled replays at once": (
+        [(1.0, Lost(3, "networkd"))],
+        [(1.0, Replay("networkd"))],
+    ),
+    "loss during reconfigure waits for configured, then replays, then verifies": (
+        [(1.0, LinkChanged(A, 2, "initialized", "eth1")), (1.01, Lost(4, "networkd")),
+         (1.02, LinkChanged(A, 2, "configuring")), (1.05, LinkChanged(A, 2, "configured"))],
+        [(1.05, Replay("reconfigure eth1"))],
+    ),
+    "deletion before the D-Bus signal is still repaired once settled": (
+        [(1.0, Lost(2, "networkd")), (1.0, Done()), (1.001, LinkChanged(A, 1, "configuring")),
+         (1.01, Lost(1, "networkd")), (1.03, LinkChanged(A, 1, "configured"))],
+        [(1.0, Replay("networkd")), (1.03, Replay("reconfigure 1"))],
+    ),
+    "primary reconfigure alone counts (manager-wide wipe)": (
+        [(1.0, LinkChanged(A, 1, "configuring")), (1.01, Lost(5, "networkd")), (1.2, LinkChanged(A, 1, "configured"))],
+        [(1.2, Replay("reconfigure 1"))],
+    ),
+    "restart: owner gone, new owner lists busy links, settles, replay": (
+        [(1.0, OwnerChanged(None)), (1.01, Lost(7, "networkd")), (1.1, OwnerChanged(B)),
+         (1.12, LinksListed(B, {1: "configuring", 2: "configured"})), (1.2, LinkChanged(B, 1, "configured"))],
+        [(1.0, Wake(6.0)), (1.01, Wake(6.0)), (1.2, Replay("networkd-restart"))],
+    ),
+    "restart with nothing seen lost still verifies after settle": (
+        [(1.0, OwnerChanged(None)), (1.1, OwnerChanged(B)), (1.12, LinksListed(B, SETTLED))],
+        [(1.0, Wake(6.0)), (1.12, Verify("networkd-restart"))],
+    ),
+    "signals from the previous owner are ignored": (
+        [(1.0, OwnerChanged(B)), (1.01, LinksListed(B, SETTLED)), (1.02, LinkChanged(A, 1, "configuring")),
+         (1.025, Done()), (1.03, Lost(1, "networkd"))],
+        [(1.01, Verify("networkd-restart")), (1.03, Replay("networkd"))],
+    ),
+    "unknown state values are ignored": (
+        [(1.0, LinkChanged(A, 1, "exploding")), (1.01, Lost(1, "kernel"))],
+        [(1.01, Replay("kernel"))],
+    ),
+    "a new link appearing holds the replay until it is configured": (
+        [(1.0, LinkChanged(A, 9, "pending", "eth3")), (1.01, Lost(9, "networkd")), (1.3, LinkChanged(A, 9, "configured"))],
+        [(1.3, Replay("link-added eth3"))],
+    ),
+    "a link removed mid-configure no longer blocks settling": (
+        [(1.0, LinkChanged(A, 9, "configuring")), (1.01, Lost(1, "networkd")), (1.02, LinkRemoved(9))],
+        [(1.02, Replay("link-added 9"))],
+    ),
+    "networkd absent for the grace period: replay guarded by netlink alone": (
+        [(1.0, OwnerChanged(None)), (2.0, Lost(1, "kernel")), (3.0, Tick()), (6.0, Tick())],
+        [(1.0, Wake(6.0)), (2.0, Wake(6.0)), (3.0, Wake(6.0)), (6.0, Replay("networkd-restart"))],
+    ),
+    "overrun is repaired by a verification": (
+        [(1.0, Suspect("monitor-overrun"))],
+        [(1.0, Verify("monitor-overrun"))],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_table(name):
+    script, expected = CASES[name]
+    _, actions = run(up(), script)
+    assert actions == expected
+
+
+def test_losses_during_a_replay_are_replayed_right_after_it_no_lost_last_replay():
+    state, out = run(up(), [(1.0, Lost(3, "networkd")), (1.01, Lost(2, "networkd")), (1.02, Lost(1, "networkd"))])
+    assert out == [(1.0, Replay("networkd"))] and state.busy and state.lost == 3
+    state, out = run(state, [(1.05, Done())])
+    assert out == [(1.05, Replay("networkd"))] and state.lost == 0
+    state, out = run(state, [(1.06, Done())])
+    assert out == [] and not state.busy
+
+
+def test_burst_of_reconfigures_ends_with_a_replay_after_the_last_settle():
+    script = []
+    t = 1.0
+    for _ in range(5):
+        script += [(t, LinkChanged(A, 1, "configuring")), (t + 0.001, Lost(10, "networkd")),
+                   (t + 0.002, LinkChanged(A, 1, "configured"))]
+        t += 0.003
+    state, out = run(up(), script)
+    assert out[0] == (1.002, Replay("reconfigure 1"))
+    while state.busy:  # the service answers every action with Done
+        state, more = step(state, Done(), t)
+        out += [(t, a) for a in more]
+        t += 0.001
+    kinds = [type(a).__name__ for _, a in out]
+    assert kinds[-2:] == ["Replay", "Verify"] and state.lost == 0 and not state.verify
+
+
+def test_quiet_period_coalesces_a_trickle_of_losses():
+    state = up(quiet=0.05)
+    state, out = run(state, [(1.0, Lost(1, "networkd")), (1.02, Lost(1, "networkd")), (1.07, Tick())])
+    assert out == [(1.0, Wake(1.05)), (1.02, Wake(1.07)), (1.07, Replay("networkd"))]
+
+
+def test_settled_requires_listing_for_the_current_owner():
+    state = State()
+    assert not settled(state, 0.0)
+    state, _ = step(state, OwnerChanged(A), 0.0)
+    assert not settled(state, 0.0)
+    state, _ = step(state, LinksListed(B, SETTLED), 0.0)
+    assert not settled(state, 0.0)
+    state, _ = step(state, LinksListed(A, SETTLED), 0.0)
+    assert settled(state, 0.0)
+    for busy in ("pending", "initialized", "configuring"):
+        assert not settled(step(state, LinkChanged(A, 1, busy), 0.0)[0], 0.0)
+    for final in ("configured", "unmanaged", "failed", "linger"):
+        assert settled(step(state, LinkChanged(A, 1, final), 0.0)[0], 0.0)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from netd_hook.model import AF_INET, Route, Rule, Snapshot
+from netd_hook.netlink import Change, Dump, HostRoute, Link, LocalAddress
+from netd_hook.plan import Liveness, plan
+from netd_hook.scope import Scope
+from netd_hook.track import Cause, Tracker, classify
+from tests.fixtures import KERNEL_RULES, NETWORKD_RULE, NODE_RULES, eni_routes, pod_rules
+
+NETWORKD_PORT, CNI_PORT, OUR_PORT = 700, 4242, 99
+
+
+def live(**kw):
+    base = dict(
+        links={"eth0", "eth1", "eni1"},
+        host_routes={"10.1.1.5": {"eni1"}},
+        local_addresses={"10.0.1.10"},
+        managed={"eth0", "eth1"},
+    )
+    base.update(kw)
+    return Liveness(**base)
+
+
+def test_plan_adds_missing_routes_first_then_rules_by_priority_and_skips_present():
+    rules = [*NODE_RULES, *pod_rules("10.1.1.5", 2)]
+    snap = Snapshot(frozenset(rules), frozenset(eni_routes(1)))
+    p = plan(snap, present_rules={NODE_RULES[0]}, present_routes=set(), live=live())
+    assert [r.priority for r in p.rules] == [512, 1024, 1536, 32765]
+    assert [r.dst for r in p.routes] == ["10.0.1.1/32", "0.0.0.0/0"]  # the gateway's /32 before "via" it
+    assert not p.skipped and len(p) == 6
+
+
+def test_liveness_gate_holds_back_dead_pods_and_missing_devices_but_not_node_addresses():
+    snap = Snapshot(
+        frozenset([*pod_rules("10.1.1.5", 2), *pod_rules("10.1.1.6", 2), NODE_RULES[2], NODE_RULES[1]]),
+        frozenset([*eni_routes(1), Route(AF_INET, 2, "10.9.0.0/16", oif="eth9")]),
+    )
+    p = plan(snap, set(), set(), live())
+    reasons = {s.entry: s for s in p.skipped}
+    for rule in pod_rules("10.1.1.6", 2):  # no host route: the CNI deleted this pod
+        assert reasons[rule].dead and "10.1.1.6" in reasons[rule].reason
+    assert not reasons[Route(AF_INET, 2, "10.9.0.0/16", oif="eth9")].dead
+    assert NODE_RULES[2] in p.rules  # 32765 `from <ENI primary>`: alive while the address is configured
+    assert set(pod_rules("10.1.1.5", 2)) <= set(p.rules)
+
+
+def test_host_route_on_a_managed_link_does_not_keep_a_pod_alive():
+    snap = Snapshot(frozenset(pod_rules("10.1.1.5", 2)), frozenset())
+    p = plan(snap, set(), set(), live(host_routes={"10.1.1.5": {"eth1"}}))
+    assert not p.rules and len(p.skipped) == 2
+
+
+def test_set_aside_entries_are_not_planned():
+    snap = Snapshot(frozenset(NODE_RULES[1:2]), frozenset())
+    assert not plan(snap, set(), set(), live(), set_aside={NODE_RULES[1]}).rules
+
+
+def test_classify_by_netlink_port():
+    nd = {NETWORKD_PORT}.__contains__
+    assert classify(0, {OUR_PORT}, nd) is Cause.KERNEL
+    assert classify(OUR_PORT, {OUR_PORT}, nd) is Cause.SELF
+    assert classify(NETWORKD_PORT, {OUR_PORT}, nd) is Cause.NETWORKD
+    assert classify(CNI_PORT, {OUR_PORT}, nd) is Cause.OTHER
+
+
+def _tracker(snapshot=Snapshot()):
+    t = Tracker(Scope(), snapshot)
+    rules = [*NODE_RULES, *pod_rules("10.1.1.5", 2), *KERNEL_RULES, NETWORKD_RULE]
+    t.load(Dump(rules=rules, routes=eni_routes(1), host_routes=[HostRoute("10.1.1.5", "eni1")],
+                local_addresses=[LocalAddress("10.0.1.10", "eth1")],
+                links=[Link(2, "eth0"), Link(3, "eth1"), Link(4, "eni1")]))
+    return t
+
+
+def test_dump_merges_in_scope_entries_into_the_snapshot():
+    t = _tracker(Snapshot(frozenset(pod_rules("10.1.1.9", 3))))
+    assert t.rules == {*NODE_RULES, *pod_rules("10.1.1.5", 2), *pod_rules("10.1.1.9", 3)}
+    assert t.routes == set(eni_routes(1))
+
+
+def test_networkd_deletion_is_a_loss_cni_deletion_is_forgotten_our_rollback_is_neither():
+    t = _tracker()
+    nd = {NETWORKD_PORT}.__contains__
+    rule512, rule1536 = pod_rules("10.1.1.5", 2)
+
+    def apply(item, port, new=False):
+        return t.apply(Change(new, item, port), classify(port, {OUR_PORT}, nd))
+
+    assert apply(NODE_RULES[1], NETWORKD_PORT) is True
+    assert NODE_RULES[1] in t.rules and NODE_RULES[1] not in t.present_rules
+    assert apply(rule512, CNI_PORT) is False
+    assert rule512 not in t.rules  # never replayed
+    assert apply(rule1536, OUR_PORT) is False and rule1536 in t.rules
+    assert apply(eni_routes(1)[1], 0) is True  # kernel flush: lost, repairable
+    assert apply(KERNEL_RULES[0], NETWORKD_PORT) is False  # not protected
+    assert apply(NODE_RULES[1], NETWORKD_PORT, new=True) is False and NODE_RULES[1] in t.present_rules
+
+
+def test_cni_adding_a_pod_extends_the_snapshot_and_reports_it_fresh():
+    t = _tracker()
+    t.fresh.clear()
+    new = pod_rules("10.1.1.7", 2)
+    for r in new:
+        t.apply(Change(True, r, CNI_PORT), Cause.OTHER)
+    assert set(new) <= t.rules and t.fresh == new
+
+
+def test_device_deletion_flushes_its_routes_and_host_routes_from_the_view():
+    t = _tracker()
+    t.apply(Change(False, Link(4, "eni1"), 0), Cause.KERNEL)
+    t.apply(Change(False, Link(3, "eth1"), 0), Cause.KERNEL)
+    assert not t.present_routes and "10.1.1.5" not in t.host_routes and "10.0.1.10" not in t.local_addresses
+    assert t.ifindex("eth1") is None and t.ifindex("eth0") == 2
+
+
+def test_rescope_forgets_what_left_the_scope():
+    t = _tracker()
+    t.rescope(Scope(exclude_priorities=((512, 512),)))
+    assert not any(r.priority == 512 for r in t.rules)

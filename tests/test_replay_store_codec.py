@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+
+import anyio
+import pytest
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from netd_hook import store
+from netd_hook.journal import Notifier
+from netd_hook.model import AF_INET6, Route, Rule, Snapshot
+from netd_hook.netlink import (
+    ADD_FLAGS, RTM_DELRULE, RTM_NEWROUTE, RTM_NEWRULE, BatchResult, Encoder, decode, decode_route, decode_rule,
+    encode_route, encode_rule,
+)
+from netd_hook.plan import Plan
+from netd_hook.replay import execute
+from tests.fixtures import NODE_RULES, eni_routes, pod_rules
+
+# -- codec: our requests decode (with pyroute2, independently of our decoder) to what we meant --
+
+RULES = [*NODE_RULES, *pod_rules("10.1.1.5", 2), Rule(AF_INET6, 1536, 70000, src="2001:db8::5/128"),
+         Rule(10, 20, 255, flags=2, iifname="vlan.eth.1", oifname="eth1", suppress_prefixlen=0, protocol=3)]
+ROUTES = [*eni_routes(1), Route(AF_INET6, 3, "::/0", oif="eth1", gateway="fe80:ec2::1", priority=1024)]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.describe())
+def test_rule_request_round_trips(rule):
+    data = encode_rule(rule, RTM_NEWRULE, ADD_FLAGS, seq=7)
+    msg = fibmsg(data)
+    msg.decode()
+    assert msg["header"]["type"] == RTM_NEWRULE and msg["header"]["flags"] == ADD_FLAGS
+    assert msg["header"]["sequence_number"] == 7 and msg["header"]["length"] == len(data)
+    assert decode_rule(msg) == rule
+    [(mtype, _f, seq, _p, item)] = list(decode(data, {}))
+    assert (mtype, seq, item) == (RTM_NEWRULE, 7, rule)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.describe())
+def test_route_request_round_trips(route):
+    data = encode_route(route, 3, RTM_NEWROUTE, ADD_FLAGS)
+    msg = rtmsg(data)
+    msg.decode()
+    assert msg.get_attr("RTA_OIF") == 3
+    assert decode_route(msg, {3: "eth1"}) == route
+
+
+def test_encoder_caches_and_reencodes_routes_when_the_device_index_changes():
+    enc = Encoder()
+    route = eni_routes(1)[1]
+    first = enc.add_request(route, {"eth1": 3}.get)
+    assert enc.add_request(route, {"eth1": 3}.get) is first
+    again = enc.add_request(route, {"eth1": 9}.get)
+    assert again != first and enc.add_request(route, {}.get) is None
+
+
+# -- the batch: all-or-nothing with our own rollback --------------------------------------
+
+
+class FakeWriter:
+    """Plays the kernel: a dict of what exists; messages fail per a rule table."""
+
+    def __init__(self, fail: dict[bytes, int] | None = None, unknown_once: bool = False):
+        self.kernel: set[bytes] = set()
+        self.fail = fail or {}
+        self.unknown_once = unknown_once
+        self.sent: list[list[bytes]] = []
+
+    async def send(self, messages, timeout):
+        self.sent.append(list(messages))
+        res = BatchResult()
+        for i, m in enumerate(messages):
+            key, is_del = m[:-1], m[-1:] == b"D"
+            if key in self.fail:
+                res.failed.append((i, self.fail[key]))
+            elif is_del:
+                if key in self.kernel:
+                    self.kernel.discard(key)
+                    res.acked.append(i)
+                else:
+                    res.failed.append((i, errno.ENOENT))
+            elif key in self.kernel:
+                res.existed.append(i)
+            else:
+                self.kernel.add(key)
+                res.acked.append(i)
+        if self.unknown_once:
+            self.unknown_once = False
+            res.unknown = "ENOBUFS"
+        return res
+
+
+def _key(e):
+    return e.describe().encode()
+
+
+async def _execute(writer, p, replan=None):
+    async def same():
+        return p
+
+    return await execute(p, lambda e: _key(e) + b"A", lambda e: _key(e) + b"D", writer,
+                         timeout=1, max_attempts=5, replan=replan or same)
+
+
+def test_failure_mid_batch_rolls_back_then_applies_the_rest():
+    rules = tuple(pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.6", 2))
+    bad = rules[1]
+    w = FakeWriter(fail={_key(bad): errno.EINVAL})
+    out = anyio.run(_execute, w, Plan(routes=tuple(eni_routes(1)), rules=rules))
+    assert out.set_aside == [(bad, errno.EINVAL)] and out.rollbacks == 1
+    assert out.rules_restored == 3 and out.routes_restored == 2
+    assert w.kernel == {_key(e) for e in (*eni_routes(1), *rules) if e != bad}
+    # batch 1 (all), rollback (everything batch 1 added), batch 2 (all but the bad one)
+    assert [len(b) for b in w.sent] == [6, 5, 5]
+    assert all(m.endswith(b"D") for m in w.sent[1])
+
+
+def test_eexist_counts_as_present():
+    rules = tuple(pod_rules("10.1.1.5", 2))
+    w = FakeWriter()
+    w.kernel.add(_key(rules[0]))
+    out = anyio.run(_execute, w, Plan(rules=rules))
+    assert out.already_present == 1 and out.rules_restored == 1 and not out.rollbacks
+
+
+def test_unknown_outcome_replans_from_a_fresh_view_and_never_counts_as_success():
+    rules = tuple(pod_rules("10.1.1.5", 2))
+    w = FakeWriter(unknown_once=True)
+    replans = []
+
+    async def replan():
+        replans.append(1)
+        return Plan()  # the fresh dump shows everything present
+
+    out = anyio.run(_execute, w, Plan(rules=rules), replan)
+    assert replans == [1] and out.unknown == ["ENOBUFS"] and out.rules_restored == 0
+
+
+# -- store ------------------------------------------------------------------------------------
+
+
+def test_store_round_trip_and_atomic_file(tmp_path: Path):
+    snap = Snapshot(frozenset(NODE_RULES), frozenset(eni_routes(1)))
+    path = store.save(tmp_path, snap)
+    assert store.load(tmp_path).snapshot == snap
+    assert json.loads(path.read_text())["version"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["snapshot.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"format":"netd-hook/snapshot","version":9}', b"\xff\xfe"])
+def test_corrupt_snapshot_is_moved_aside(tmp_path: Path, content):
+    (tmp_path / "snapshot.json").write_bytes(content)
+    loaded = store.load(tmp_path, now=0)
+    assert loaded.status == "corrupt" and loaded.snapshot == Snapshot()
+    assert loaded.moved_to == tmp_path / "snapshot.json.corrupt-19700101T000000"
+    assert loaded.moved_to.read_bytes() == content and not (tmp_path / "snapshot.json").exists()
+
+
+def test_missing_snapshot(tmp_path: Path):
+    assert store.load(tmp_path).status == "missing"
+
+
+# -- sd_notify against a real datagram socket -------------------------------------------------
+
+
+def test_notifier_sends_datagrams(tmp_path: Path):
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    n = Notifier(path)
+    n.send(ready=1, status="protecting 3 rules")
+    assert server.recv(4096) == b"READY=1\nSTATUS=protecting 3 rules"
+    n.close()
+    server.close()
+    assert not Notifier("").enabled
+
+
+def test_delete_requests_are_dels():
+    data = encode_rule(NODE_RULES[1], RTM_DELRULE, 5)
+    assert list(decode(data, {}))[0][0] == RTM_DELRULE
