@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from .service import Service
 
         notifier = Notifier()
+        fault = os.environ.get("NETD_HOOK_INJECT_FAULT", "")
+        service = Service(cfg, args.config, notifier, args.bus_address, inject_fault=int(fault) if fault.isdigit() else 0)
         try:
-            anyio.run(Service(cfg, args.config, notifier, args.bus_address).run, backend="asyncio")
+            anyio.run(service.run, backend="asyncio")
         except KeyboardInterrupt:
             pass
         finally:

@@ -150,7 +150,7 @@ def _apply(state: State, event: Event, now: float) -> State:
         s = replace(state, links={**state.links, event.index: event.state})
         if event.state in BUSY_STATES:
             what = "link-added" if event.index not in state.links else "reconfigure"
-            s = _cause(replace(s, verify=True), f"{what} {event.name or event.index}")
+            s = _cause(replace(s, verify=True), f"{what}:{event.name or event.index}")
         return s
     if isinstance(event, LinkRemoved):
         if event.index not in state.links:

@@ -158,6 +158,11 @@ def _default(family: int) -> str:
     return "0.0.0.0/0" if family == AF_INET else "::/0"
 
 
+def _unset_if_max(value: int | None) -> int | None:
+    """The kernel reports unset suppress_* attributes as -1 (0xffffffff)."""
+    return None if value == 0xFFFFFFFF else value
+
+
 def decode_rule(msg: Any) -> Rule | Unsupported:
     attrs = dict(msg["attrs"])
     bad = UNSUPPORTED_RULE_ATTRS.intersection(attrs)
@@ -180,8 +185,8 @@ def decode_rule(msg: Any) -> Rule | Unsupported:
         tos=msg["tos"],
         flags=msg["flags"],
         goto=attrs.get("FRA_GOTO"),
-        suppress_prefixlen=attrs.get("FRA_SUPPRESS_PREFIXLEN"),
-        suppress_ifgroup=attrs.get("FRA_SUPPRESS_IFGROUP"),
+        suppress_prefixlen=_unset_if_max(attrs.get("FRA_SUPPRESS_PREFIXLEN")),
+        suppress_ifgroup=_unset_if_max(attrs.get("FRA_SUPPRESS_IFGROUP")),
         l3mdev=attrs.get("FRA_L3MDEV"),
         protocol=attrs.get("FRA_PROTOCOL", 0),
     )
@@ -490,6 +495,26 @@ class BatchResult:
     existed: list[int] = field(default_factory=list)  # EEXIST: already there, counts as present
     failed: list[tuple[int, int]] = field(default_factory=list)  # (index, errno)
     unknown: str | None = None  # why the outcome is unknown (ENOBUFS, timeout): re-dump
+
+
+class FaultyWriter:
+    """Test hook: the `nth` rule message of the first batch that has one goes out with an
+    address family no kernel knows, so the kernel itself fails it (EAFNOSUPPORT) mid-batch.
+    Enabled only by NETD_HOOK_INJECT_FAULT=<nth> (see README, "Testing")."""
+
+    def __init__(self, inner: BatchWriter, nth: int) -> None:
+        self.inner = inner
+        self.nth = nth
+
+    async def send(self, messages: Sequence[bytes], timeout: float) -> BatchResult:
+        rules = [i for i, m in enumerate(messages) if HDR.unpack_from(m)[1] == RTM_NEWRULE]
+        if self.nth and len(rules) >= self.nth:
+            i = rules[self.nth - 1]
+            bad = bytearray(messages[i])
+            bad[HDR.size] = 0x7F  # fib_rule_hdr.family
+            messages = [*messages[:i], bytes(bad), *messages[i + 1 :]]
+            self.nth = 0
+        return await self.inner.send(messages, timeout)
 
 
 class BatchWriter:

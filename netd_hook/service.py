@@ -23,7 +23,7 @@ from . import config as configmod
 from . import decide, netlink, store
 from .journal import Notifier, RepairRecord, watchdog_interval
 from .model import Entry, Route, Rule
-from .netlink import BatchWriter, Change, Encoder, Link
+from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link
 from .networkd import BusCounters, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
@@ -56,12 +56,13 @@ class Reload:
 
 class Service:
     def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
-                 bus_address: str | None = None) -> None:
+                 bus_address: str | None = None, inject_fault: int = 0) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.state_dir = cfg.state_dir
         self.notifier = notifier
         self.bus_address = bus_address
+        self.inject_fault = inject_fault
         self.counters = Counters()
         self.bus = BusCounters()
         self.ports = NetworkdPorts()
@@ -84,7 +85,10 @@ class Service:
         batch_sock = netlink.open_socket()
         dump_sock = netlink.open_socket()
         self.own_ports = frozenset(netlink.port_of(s) for s in (mon, batch_sock, dump_sock))
-        self.writer = BatchWriter(batch_sock)
+        self.writer: BatchWriter | FaultyWriter = BatchWriter(batch_sock)
+        if self.inject_fault:
+            log.warning("test hook: the kernel will be made to fail rule %d of the next batch", self.inject_fault)
+            self.writer = FaultyWriter(BatchWriter(batch_sock), self.inject_fault)
         self.dump_sock = dump_sock
         try:
             loaded = store.load(self.state_dir)

@@ -38,16 +38,16 @@ CASES = {
     "loss during reconfigure waits for configured, then replays, then verifies": (
         [(1.0, LinkChanged(A, 2, "initialized", "eth1")), (1.01, Lost(4, "networkd")),
          (1.02, LinkChanged(A, 2, "configuring")), (1.05, LinkChanged(A, 2, "configured"))],
-        [(1.05, Replay("reconfigure eth1"))],
+        [(1.05, Replay("reconfigure:eth1"))],
     ),
     "deletion before the D-Bus signal is still repaired once settled": (
         [(1.0, Lost(2, "networkd")), (1.0, Done()), (1.001, LinkChanged(A, 1, "configuring")),
          (1.01, Lost(1, "networkd")), (1.03, LinkChanged(A, 1, "configured"))],
-        [(1.0, Replay("networkd")), (1.03, Replay("reconfigure 1"))],
+        [(1.0, Replay("networkd")), (1.03, Replay("reconfigure:1"))],
     ),
     "primary reconfigure alone counts (manager-wide wipe)": (
         [(1.0, LinkChanged(A, 1, "configuring")), (1.01, Lost(5, "networkd")), (1.2, LinkChanged(A, 1, "configured"))],
-        [(1.2, Replay("reconfigure 1"))],
+        [(1.2, Replay("reconfigure:1"))],
     ),
     "restart: owner gone, new owner lists busy links, settles, replay": (
         [(1.0, OwnerChanged(None)), (1.01, Lost(7, "networkd")), (1.1, OwnerChanged(B)),
@@ -69,11 +69,11 @@ CASES = {
     ),
     "a new link appearing holds the replay until it is configured": (
         [(1.0, LinkChanged(A, 9, "pending", "eth3")), (1.01, Lost(9, "networkd")), (1.3, LinkChanged(A, 9, "configured"))],
-        [(1.3, Replay("link-added eth3"))],
+        [(1.3, Replay("link-added:eth3"))],
     ),
     "a link removed mid-configure no longer blocks settling": (
         [(1.0, LinkChanged(A, 9, "configuring")), (1.01, Lost(1, "networkd")), (1.02, LinkRemoved(9))],
-        [(1.02, Replay("link-added 9"))],
+        [(1.02, Replay("link-added:9"))],
     ),
     "networkd absent for the grace period: replay guarded by netlink alone": (
         [(1.0, OwnerChanged(None)), (2.0, Lost(1, "kernel")), (3.0, Tick()), (6.0, Tick())],
@@ -110,7 +110,7 @@ def test_burst_of_reconfigures_ends_with_a_replay_after_the_last_settle():
                    (t + 0.002, LinkChanged(A, 1, "configured"))]
         t += 0.003
     state, out = run(up(), script)
-    assert out[0] == (1.002, Replay("reconfigure 1"))
+    assert out[0] == (1.002, Replay("reconfigure:1"))
     while state.busy:  # the service answers every action with Done
         state, more = step(state, Done(), t)
         out += [(t, a) for a in more]

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Set up and go on a fresh Debian/Ubuntu machine, as root:
+#   scripts/dev.sh demo    builds a throwaway node in a namespace and shows a repair
+#   scripts/dev.sh test    the whole test suite (lint, types, unit, real-networkd lab) on
+#                          the machine's python3 and, when present, Python 3.10 (Ubuntu 22.04's)
+#   scripts/dev.sh bench   the benchmark (not a test)
+# Leaves a virtualenv at .venv/ with the netd-hook entry point in .venv/bin/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+need_os_packages() {
+    local missing=()
+    [ -x /lib/systemd/systemd-networkd ] || missing+=(systemd)
+    command -v networkctl >/dev/null || missing+=(systemd)
+    command -v dbus-daemon >/dev/null || missing+=(dbus)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v nsenter >/dev/null || missing+=(util-linux)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing OS packages: ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    getent passwd systemd-network >/dev/null || {
+        echo "no systemd-network user: is systemd installed?" >&2; exit 1; }
+}
+
+make_venv() {  # make_venv DIR PYTHON
+    local dir=$1 py=$2
+    if [ ! -x "$dir/bin/python" ]; then
+        "$py" -m venv "$dir"
+    fi
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e "$root[test]"
+}
+
+python310() {
+    for p in /root/.pyenv/versions/3.10*/bin/python3 /usr/bin/python3.10; do
+        [ -x "$p" ] && { echo "$p"; return; }
+    done
+}
+
+cmd=${1:-test}
+[ "$(id -u)" = 0 ] || { echo "run as root: the lab uses network namespaces" >&2; exit 1; }
+need_os_packages
+make_venv .venv python3
+case "$cmd" in
+demo)
+    exec .venv/bin/python -m tests.demo
+    ;;
+bench)
+    shift
+    exec .venv/bin/python -m bench.bench "$@"
+    ;;
+test)
+    .venv/bin/ruff check netd_hook tests bench
+    .venv/bin/mypy
+    .venv/bin/python -m pytest -q
+    py310=$(python310 || true)
+    if [ -n "$py310" ]; then
+        echo "--- again on $("$py310" --version) (Ubuntu 22.04's Python)"
+        make_venv .venv310 "$py310"
+        .venv310/bin/python -m pytest -q -p no:cacheprovider
+    else
+        echo "--- no Python 3.10 on this machine: the 3.10 run was skipped" >&2
+    fi
+    ;;
+*)
+    echo "usage: $0 demo|test|bench" >&2; exit 2
+    ;;
+esac

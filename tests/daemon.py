@@ -1,0 +1,178 @@
+"""Run the real `netd-hook run` inside a Lab, with a real sd_notify socket and its log captured.
+Shared by the integration tests, the demo and the benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional
+
+from tests.lab import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def rule_set(lab: Lab, families: Iterable[int] = (4, 6)) -> frozenset:
+    """The independent oracle: `ip -j -d rule show`, as hashable rows."""
+    rows = []
+    for fam in families:
+        for r in lab.rules(fam):
+            rows.append(tuple(sorted((k, json.dumps(v)) for k, v in r.items())))
+    return frozenset(rows)
+
+
+def route_set(lab: Lab, tables: Iterable[int]) -> frozenset:
+    rows = []
+    for t in tables:
+        for r in lab.routes(t):
+            rows.append((t,) + tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k != "flags")))
+    return frozenset(rows)
+
+
+def prefs(rows: frozenset) -> List[int]:
+    return sorted(int(dict(r)["priority"]) for r in rows)
+
+
+class Daemon:
+    def __init__(self, lab: Lab, state_dir: Path, *, config: Optional[str] = None,
+                 env: Optional[dict] = None, log_level: str = "debug",
+                 argv: Optional[List[str]] = None) -> None:
+        self.lab = lab
+        self.state_dir = state_dir
+        self.config = config
+        self.env = env or {}
+        self.log_level = log_level
+        self.argv = argv or [sys.executable, "-m", "netd_hook"]
+        self.lines: List[str] = []
+        self.notes: List[str] = []
+        self._cond = threading.Condition()
+        self.proc: Optional[subprocess.Popen] = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="ndh-daemon-")
+
+    def start(self, timeout: float = 20.0) -> "Daemon":
+        tmp = Path(self._tmp.name)
+        sock_path = str(tmp / f"notify-{len(self.notes)}-{time.monotonic_ns()}")
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(sock_path)
+        argv = [*self.argv, "run", "--state-dir", str(self.state_dir), "--log-level", self.log_level]
+        if self.config is not None:
+            cfg = tmp / "netd-hook.toml"
+            cfg.write_text(self.config)
+            argv += ["--config", str(cfg)]
+        env = {"NOTIFY_SOCKET": sock_path, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = self.lab.popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                   cwd=str(ROOT))
+        threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
+        threading.Thread(target=self._read_notify, args=(self._notify,), daemon=True).start()
+        try:
+            self.wait_note("READY=1", timeout)
+        except AssertionError:
+            self.stop(check=False)
+            raise AssertionError("daemon never sent READY=1; log:\n" + self.log())
+        return self
+
+    def _read_log(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def _read_notify(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            with self._cond:
+                self.notes.extend(data.decode().split("\n"))
+                self._cond.notify_all()
+
+    def _wait(self, source: List[str], pattern: str, timeout: float, start: int = 0) -> re.Match:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in source[start:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; log:\n{self.log()}")
+                self._cond.wait(left)
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match:
+        return self._wait(self.lines, pattern, timeout, start)
+
+    def wait_note(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        return self._wait(self.notes, pattern, timeout)
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.lines)
+
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def repairs(self, start: int = 0) -> List[dict]:
+        out = []
+        with self._cond:
+            for line in self.lines[start:]:
+                if " repair trigger=" in line:
+                    out.append(dict(kv.split("=", 1) for kv in line.split(" repair ", 1)[1].split()))
+        return out
+
+    def stop(self, check: bool = True, timeout: float = 2.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        p, self.proc = self.proc, None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            rc = p.wait(timeout=timeout + 3)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        elapsed = time.monotonic() - started
+        self._notify.close()
+        if check:
+            assert rc == 0, f"exit status {rc}; log:\n{self.log()}"
+            assert elapsed <= timeout, f"took {elapsed:.2f}s to stop"
+        return rc
+
+    def close(self) -> None:
+        try:
+            self.stop(check=False)
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+

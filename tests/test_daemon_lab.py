@@ -1,0 +1,193 @@
+"""The daemon against real systemd-networkd and a private dbus-daemon, in a throwaway namespace.
+
+Every check reads the kernel with an independent oracle (`ip -j -d rule show`, `ip -j route
+show table N`), never the daemon's own view.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, prefs, route_set, rule_set, wait_until
+from tests.lab import Lab
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/lib/systemd/systemd-networkd"),
+                       reason="needs root and systemd-networkd"),
+]
+
+TABLES = (2, 3)
+
+
+@pytest.fixture
+def node():
+    """eth0 (primary), two secondary ENIs, strict-mode node rules, pods on every ENI."""
+    with Lab() as lab:
+        enis = [lab.add_eni(1), lab.add_eni(2)]
+        # eth2 appearing wiped eth1's 32765 rule already (the outage itself); put it back like ipamd
+        lab.ip_batch([f"rule add from {e.ip} lookup {e.table} priority 32765" for e in enis], force=True)
+        lab.node_rules(strict=True)
+        for ip, eni in (("10.1.0.5", 0), ("10.1.1.5", 1), ("10.1.1.6", 1), ("10.1.2.5", 2)):
+            lab.add_pod(ip, eni)
+        yield lab
+
+
+@pytest.fixture
+def daemon(node, tmp_path: Path):
+    d = Daemon(node, tmp_path / "state").start()
+    yield d
+    d.close()
+
+
+def healthy(lab):
+    return rule_set(lab), route_set(lab, TABLES)
+
+
+def wait_back(lab, want, daemon, what, timeout=10.0, mark=None):
+    """Wait for a repair logged after `mark` (when given), then for the kernel to match `want`."""
+    if mark is not None:
+        daemon.wait_log(r" repair trigger=", timeout, start=mark)
+    try:
+        wait_until(lambda: healthy(lab) == want, timeout, what)
+    except AssertionError:
+        rules, routes = healthy(lab)
+        raise AssertionError(
+            f"{what}: rules missing {sorted(prefs(want[0] - rules))}, extra {sorted(prefs(rules - want[0]))}; "
+            f"routes missing {sorted(want[1] - routes)}\nlog:\n{daemon.log()}"
+        ) from None
+
+
+def wait_lost(lab, before, what):
+    wait_until(lambda: not rule_set(lab) >= before[0], 5, what, interval=0.002)
+
+
+def test_reconfigure_of_a_secondary_is_repaired(node, daemon):
+    want = healthy(node)
+    assert {512, 1024, 1536, 20, 32765} <= set(prefs(want[0]))
+    mark = daemon.mark()
+    node.reconfigure("eth1")
+    wait_back(node, want, daemon, "repair after reconfigure eth1", mark=mark)
+    rep = daemon.repairs(mark)
+    assert rep and int(rep[0]["rules_restored"]) == 11  # 20, 512x4, 1024, 1536x3, 32765x2 were wiped
+    assert sum(int(r["routes_restored"]) for r in rep) == 2  # table 2, flushed without a notification
+    assert node.wait_settled() is None and healthy(node) == want
+
+
+def test_reconfigure_of_the_primary_alone_is_repaired(node, daemon):
+    want = healthy(node)
+    mark = daemon.mark()
+    node.reconfigure("eth0")
+    wait_back(node, want, daemon, "repair after reconfigure eth0", mark=mark)
+    assert daemon.repairs(mark)
+
+
+def test_restart_then_reconfigure_is_repaired(node, daemon):
+    want = healthy(node)
+    mark = daemon.mark()
+    node.restart_networkd()
+    daemon.wait_log(r"networkd owner: :1\.", start=mark)
+    node.reconfigure("eth1", "eth2")
+    wait_back(node, want, daemon, "repair after restart + reconfigure", mark=mark)
+    assert any(r["trigger"] in ("networkd-restart", "networkd") or r["trigger"].startswith("reconfigure")
+               for r in daemon.repairs(mark))
+
+
+def test_new_managed_link_appearing_is_repaired(node, daemon):
+    want = healthy(node)
+    mark = daemon.mark()
+    node.add_eni(3, wait=False)  # ENI hot-plug: networkd configures it, dropping every foreign rule
+    node.wait_settled()
+    want = (want[0] | {r for r in rule_set(node) if dict(r)["priority"] == "32765"}, want[1])  # the CNI's new rule
+    wait_back(node, want, daemon, "repair after a new ENI", mark=mark)
+    assert daemon.repairs(mark)
+
+
+def test_pod_deleted_by_the_cni_just_before_a_reconfigure_stays_deleted(node, daemon):
+    node.del_pod("10.1.1.6")  # rules first, then the veth, as CNI DEL does
+    want = healthy(node)
+    node.reconfigure("eth1")
+    wait_back(node, want, daemon, "repair without the deleted pod")
+    daemon.wait_log(r"lost \d+ protected entries \(removed by networkd\)")
+    time.sleep(0.3)  # a late replay would show up here
+    assert not [r for r in rule_set(node) if "10.1.1.6" in str(r)]
+    assert healthy(node) == want
+
+
+def test_pod_added_just_before_a_reconfigure_is_kept(node, daemon):
+    node.add_pod("10.1.2.9", 2)
+    want = healthy(node)
+    node.reconfigure("eth2")
+    wait_back(node, want, daemon, "repair including the new pod")
+    assert any('"10.1.2.9"' in str(r) for r in rule_set(node))
+
+
+def test_injected_failure_mid_batch_is_rolled_back_then_the_rest_applied(node, tmp_path: Path):
+    want = healthy(node)
+    with Daemon(node, tmp_path / "state", env={"NETD_HOOK_INJECT_FAULT": "3"}) as d:
+        node.reconfigure("eth1")
+        d.wait_log(r"cannot restore .*Address family not supported.*set aside")
+        d.wait_log(r"rolled back \d+ entries added by the failed batch")
+        wait_back(node, want, d, "repair after the injected failure")  # the set-aside entry on the next pass
+        first = d.repairs()[0]
+        assert first["rollbacks"] == "1" and first["set_aside"] == "1" and int(first["batches"]) == 3
+
+
+def test_hook_restarted_while_rules_are_missing_repairs_at_start(node, tmp_path: Path):
+    want = healthy(node)
+    state = tmp_path / "state"
+    with Daemon(node, state):
+        pass  # leaves a snapshot behind
+    node.reconfigure("eth1", wait=True)
+    assert rule_set(node) != want[0]
+    with Daemon(node, state) as d:
+        wait_back(node, want, d, "startup reconciliation")
+        assert d.repairs()[0]["trigger"] == "startup"
+
+
+def test_corrupt_snapshot_is_set_aside_and_rebuilt_from_the_kernel(node, tmp_path: Path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "snapshot.json").write_text("{garbage")
+    with Daemon(node, state) as d:
+        d.wait_log(r"snapshot file is corrupt .* moved aside")
+        assert [p.name.split("-")[0] for p in state.iterdir() if "corrupt" in p.name] == ["snapshot.json.corrupt"]
+        want = healthy(node)
+        node.reconfigure("eth2")
+        wait_back(node, want, d, "repair with a rebuilt snapshot")
+    assert (state / "snapshot.json").exists()
+
+
+def test_signals_from_a_stranger_are_ignored(node, daemon):
+    want = healthy(node)
+    eth1 = node.enis[1].ifindex
+    # A stranger claims eth1 is configuring forever: were it believed, networkd would never look
+    # settled and nothing would be repaired.
+    node.busctl("emit", f"/org/freedesktop/network1/link/_3{eth1}",
+                "org.freedesktop.DBus.Properties", "PropertiesChanged", "sa{sv}as",
+                "org.freedesktop.network1.Link", "1", "AdministrativeState", "s", "configuring", "0")
+    node.busctl("emit", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameOwnerChanged", "sss",
+                "org.freedesktop.network1", node.name_owner(), "")
+    mark = daemon.mark()
+    node.reconfigure("eth1")
+    wait_back(node, want, daemon, "repair despite forged signals", mark=mark)
+    # and a deliberate CNI deletion while the stranger shouts "busy" is still never replayed
+    node.del_pod("10.1.2.5")
+    time.sleep(0.3)
+    assert not [r for r in rule_set(node) if '"10.1.2.5"' in str(r)]
+    assert daemon.repairs(mark)
+
+
+def test_sigterm_flushes_the_snapshot_and_exits_0_within_2s(node, tmp_path: Path):
+    state = tmp_path / "state"
+    d = Daemon(node, state).start()
+    node.add_pod("10.1.1.77", 1)
+    time.sleep(0.3)  # well inside the 1 s save delay: only the flush at exit can have written it
+    d.stop()  # asserts exit 0 within 2 s
+    assert d.notes.count("STOPPING=1") == 1
+    assert "10.1.1.77/32" in (state / "snapshot.json").read_text()
+    d.close()
