@@ -221,6 +221,11 @@ class _Session:
         self._synced = anyio.Event()  # the first owner was synced (listed, or there is none)
         self._listing: anyio.CancelScope | None = None
 
+    @property
+    def owner(self) -> str | None:
+        """The owner last emitted in an OwnerChanged of this session."""
+        return self._owner
+
     # -------------------------------------------------------------- callback side (no awaits)
     def on_message(self, msg: Message) -> None:
         """dbus-fast message handler: translate and emit only; returns None so that dbus-fast
@@ -518,8 +523,9 @@ async def watch(
                     await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
                 except Exception as e:  # the cause was logged already; this is only cleanup
                     log.debug("while disconnecting: %r", e)
-        emit(decide.OwnerChanged(None))
-        emit(OwnerPid(None))
+        if session.owner is not None:  # else None was emitted already (or nothing was ever owned)
+            emit(decide.OwnerChanged(None))
+            emit(OwnerPid(None))
         log.info("reconnecting to the D-Bus system bus in %.1fs", delay)
         await anyio.sleep(delay)
         delay = min(delay * 2, BACKOFF_MAX)

@@ -110,8 +110,9 @@ def test_new_managed_link_appearing_is_repaired(node, daemon):
 def test_pod_deleted_by_the_cni_just_before_a_reconfigure_stays_deleted(node, daemon):
     node.del_pod("10.1.1.6")  # rules first, then the veth, as CNI DEL does
     want = healthy(node)
+    mark = daemon.mark()
     node.reconfigure("eth1")
-    wait_back(node, want, daemon, "repair without the deleted pod")
+    wait_back(node, want, daemon, "repair without the deleted pod", mark=mark)
     daemon.wait_log(r"lost \d+ protected entries \(removed by networkd\)")
     time.sleep(0.3)  # a late replay would show up here
     assert not [r for r in rule_set(node) if "10.1.1.6" in str(r)]
@@ -121,8 +122,9 @@ def test_pod_deleted_by_the_cni_just_before_a_reconfigure_stays_deleted(node, da
 def test_pod_added_just_before_a_reconfigure_is_kept(node, daemon):
     node.add_pod("10.1.2.9", 2)
     want = healthy(node)
+    mark = daemon.mark()
     node.reconfigure("eth2")
-    wait_back(node, want, daemon, "repair including the new pod")
+    wait_back(node, want, daemon, "repair including the new pod", mark=mark)
     assert any('"10.1.2.9"' in str(r) for r in rule_set(node))
 
 
@@ -157,8 +159,9 @@ def test_corrupt_snapshot_is_set_aside_and_rebuilt_from_the_kernel(node, tmp_pat
         d.wait_log(r"snapshot file is corrupt .* moved aside")
         assert [p.name.split("-")[0] for p in state.iterdir() if "corrupt" in p.name] == ["snapshot.json.corrupt"]
         want = healthy(node)
+        mark = d.mark()
         node.reconfigure("eth2")
-        wait_back(node, want, d, "repair with a rebuilt snapshot")
+        wait_back(node, want, d, "repair with a rebuilt snapshot", mark=mark)
     assert (state / "snapshot.json").exists()
 
 
