@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -462,26 +462,32 @@ def dump_sync(sock: socket.socket, names: dict[int, str] | None = None, attempts
     raise NetlinkError("dump kept being interrupted by concurrent changes", errno.EINTR)
 
 
-async def monitor(sock: socket.socket, names: dict[int, str]) -> Any:
-    """Yield Change values from a socket bound to MONITOR_GROUPS; None after an overrun
+def read_available(sock: socket.socket, names: dict[int, str]) -> list[Change | None]:
+    """Everything the monitor socket holds now, without blocking; None marks an overrun
     (ENOBUFS: the kernel dropped notifications, so the caller must re-dump)."""
+    out: list[Change | None] = []
+    while True:
+        try:
+            data = _recv(sock)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise NetlinkError(f"monitor: {exc}", exc.errno or 0) from exc
+            out.append(None)
+            continue
+        if data is None:
+            return out
+        for mtype, _flags, _seq, port, item in decode(data, names):
+            if item is not None:
+                out.append(Change(mtype in (RTM_NEWRULE, RTM_NEWROUTE, RTM_NEWLINK), item, port))
+
+
+async def monitor(sock: socket.socket, names: dict[int, str]) -> AsyncIterator[list[Change | None]]:
+    """Yield what a socket bound to MONITOR_GROUPS receives, one list per wake-up."""
     while True:
         await anyio.wait_readable(sock)
-        while True:
-            try:
-                data = _recv(sock)
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise NetlinkError(f"monitor: {exc}", exc.errno or 0) from exc
-                yield None
-                continue
-            if data is None:
-                break
-            for mtype, _flags, _seq, port, item in decode(data, names):
-                if item is None:
-                    continue
-                new = mtype in (RTM_NEWRULE, RTM_NEWROUTE, RTM_NEWLINK)
-                yield Change(new, item, port)
+        changes = read_available(sock, names)
+        if changes:
+            yield changes
 
 
 # The batch --------------------------------------------------------------------------------

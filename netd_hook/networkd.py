@@ -147,8 +147,11 @@ def link_path(index: int) -> str:
 
 
 def _short(value: object) -> str:
-    # Bus-supplied values go into logs through repr() (no newlines) and bounded in length.
-    text = repr(value)
+    """Bus-supplied value for a log line: one line, printable, bounded."""
+    if isinstance(value, Variant):
+        value = (value.signature, value.value)
+    # repr() of containers uses Variant.__repr__, which does not escape: escape once more.
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 

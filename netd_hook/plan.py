@@ -17,8 +17,9 @@ class Liveness:
 
     links: Collection[str]  # device names that exist
     host_routes: Mapping[str, Collection[str]]  # address -> devices holding its host route in main
-    local_addresses: Collection[str]  # addresses configured on this node (table local)
+    local_addresses: Collection[str]  # addresses configured on this node now (table local)
     managed: Collection[str]  # devices networkd manages
+    node_addresses: Collection[str] = ()  # addresses seen configured on a device that still exists
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ def gate_rule(rule: Rule, live: Liveness) -> Skip | None:
     addr = rule.host_address()
     if addr is None or address_alive(addr, live):
         return None
+    if addr in live.node_addresses:
+        # networkd re-adds a reconfigured link's address; the rule returns with it.
+        return Skip(rule, f"node address {addr} is not configured right now", dead=False)
     return Skip(rule, f"{addr} has no host route on an unmanaged link (pod gone)", dead=True)
 
 

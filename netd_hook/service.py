@@ -73,6 +73,7 @@ class Service:
         self.save_at: float | None = None
         self.saved_version = -1
         self.last_repair: RepairRecord | None = None
+        self.backlog: list[Any] = []  # events set aside by _catch_up, handled first
         self.tracker: Tracker
         tx, rx = anyio.create_memory_object_stream[Any](math.inf)
         self.tx: MemoryObjectSendStream[Any] = tx
@@ -82,6 +83,7 @@ class Service:
 
     async def run(self) -> None:
         mon = netlink.open_socket(netlink.MONITOR_GROUPS, rcvbuf=MONITOR_RCVBUF)  # before the dump
+        self.mon = mon
         batch_sock = netlink.open_socket()
         dump_sock = netlink.open_socket()
         self.own_ports = frozenset(netlink.port_of(s) for s in (mon, batch_sock, dump_sock))
@@ -125,8 +127,9 @@ class Service:
         await watch(self.tx.send_nowait, self.bus, address=self.bus_address, task_status=task_status)
 
     async def _monitor(self, sock: Any) -> None:
-        async for change in netlink.monitor(sock, self.tracker.links):
-            self.tx.send_nowait(change)
+        async for changes in netlink.monitor(sock, self.tracker.links):
+            for change in changes:
+                self.tx.send_nowait(change)
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -149,9 +152,10 @@ class Service:
     async def _loop(self) -> None:
         while True:
             deadline = min(t for t in (self.wake_at, self.save_at, math.inf) if t is not None)
-            events: list[Any] = []
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                events.append(await self.rx.receive())
+            events, self.backlog = self.backlog, []
+            if not events:
+                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                    events.append(await self.rx.receive())
             while True:
                 try:
                     events.append(self.rx.receive_nowait())
@@ -176,11 +180,7 @@ class Service:
         lost: dict[str, int] = {}
         for ev in events:
             if isinstance(ev, Change):
-                cause = classify(ev.port, self.own_ports, self.ports)
-                if self.tracker.apply(ev, cause):
-                    lost[cause.value] = lost.get(cause.value, 0) + 1
-                elif cause is Cause.OTHER and not ev.new and isinstance(ev.item, (Rule, Route)):
-                    self.counters.forgotten_deliberate += 1
+                self._apply(ev, lost)
                 if isinstance(ev.item, Link) and not ev.new:
                     await self._flush(lost)
                     await self._step(decide.LinkRemoved(ev.item.index))
@@ -207,6 +207,38 @@ class Service:
                 await self._step(decide.Lost(missing, "startup"))
         await self._flush(lost)
 
+    def _apply(self, ev: Change, lost: dict[str, int]) -> None:
+        cause = classify(ev.port, self.own_ports, self.ports)
+        if self.tracker.apply(ev, cause):
+            lost[cause.value] = lost.get(cause.value, 0) + 1
+        elif cause is Cause.OTHER and not ev.new and isinstance(ev.item, (Rule, Route)):
+            self.counters.forgotten_deliberate += 1
+
+    def _catch_up(self) -> None:
+        """Bring the kernel view up to date before planning a replay.
+
+        networkd reports a link `configured` only after the kernel confirmed its addresses, but
+        those netlink notifications travel on another socket than the D-Bus signal and may be
+        unread yet: planning without them would hold back a rule keyed on the address. Netlink
+        changes already queued are applied first (they are older), then what the socket holds;
+        other events wait in the backlog, in order.
+        """
+        held: list[Any] = []
+        while True:
+            try:
+                held.append(self.rx.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        held.extend(netlink.read_available(self.mon, self.tracker.links))
+        lost: dict[str, int] = {}
+        for ev in held:
+            if isinstance(ev, Change):
+                self._apply(ev, lost)  # what they lost is in the plan about to be made
+            else:
+                self.backlog.append(ev)
+        for cause, n in lost.items():
+            self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
+
     async def _flush(self, lost: dict[str, int]) -> None:
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
@@ -227,8 +259,8 @@ class Service:
                 elif isinstance(action, decide.Verify):
                     missing = await self._verify()
                     queue.append(decide.Done())
-                    if missing:
-                        queue.append(decide.Lost(missing, "verify"))
+                    if missing:  # gone without a notification (a kernel flush): name what led to it
+                        queue.append(decide.Lost(missing, action.trigger))
 
     # actions --------------------------------------------------------------------------------
 
@@ -254,6 +286,7 @@ class Service:
 
     async def _replay(self, trigger: str) -> None:
         started = time.perf_counter()
+        self._catch_up()
         p = self._plan()
         dead = [s.entry for s in p.skipped if s.dead]
         for s in p.skipped:
@@ -270,11 +303,14 @@ class Service:
         )
         self.set_aside.update(e for e, _ in out.set_aside)
         c = self.counters
-        c.repairs += 1
         c.rules_restored += out.rules_restored
         c.routes_restored += out.routes_restored
         c.set_aside += len(out.set_aside)
         c.rollbacks += out.rollbacks
+        if out.rules_restored + out.routes_restored + len(out.set_aside) + len(p.skipped) == 0:
+            # A late notification of something already repaired: nothing happened, nothing to audit.
+            log.debug("replay (%s): all %d entries were already present", trigger, out.already_present)
+            return
         self._record(trigger, started, p, out)
 
     def _record(self, trigger: str, started: float, p: Plan, out: Any) -> None:
@@ -294,6 +330,7 @@ class Service:
             networkd_owner=self.state.owner or "-",
         )
         self.last_repair = rec
+        self.counters.repairs += 1
         log.warning("%s", rec.line())
         self.notifier.send(status=self._status())
 

@@ -53,6 +53,7 @@ class Tracker:
         self.links: dict[int, str] = {}
         self.host_routes: dict[str, set[str]] = {}
         self.local_addresses: dict[str, set[str]] = {}
+        self.node_addresses: dict[str, set[str]] = {}  # ever configured, on devices that still exist
         self.unsupported = 0
         self.version = 0  # bumped whenever the snapshot changes (persist)
         self.fresh: list[Entry] = [*self.rules, *self.routes]  # newly protected: encode their requests
@@ -113,6 +114,9 @@ class Tracker:
         self.local_addresses = {}
         for a in dump.local_addresses:
             self.local_addresses.setdefault(a.addr, set()).add(a.oif)
+            self.node_addresses.setdefault(a.addr, set()).add(a.oif)
+        for addr in [a for a, devs in self.node_addresses.items() if not devs & set(self.links.values())]:
+            del self.node_addresses[addr]
         self.unsupported = dump.unsupported
         for rule in dump.rules:
             self._protect_rule(rule)
@@ -140,6 +144,12 @@ class Tracker:
             _update(self.host_routes, item.addr, item.oif, change.new)
         elif isinstance(item, LocalAddress):
             _update(self.local_addresses, item.addr, item.oif, change.new)
+            if change.new:
+                _update(self.node_addresses, item.addr, item.oif, True)
+                # A rule held back while its node address was gone can come back now.
+                return cause is not Cause.SELF and any(
+                    r.host_address() == item.addr for r in self.rules if r not in self.present_rules
+                )
         elif isinstance(item, Link):
             self._link(item, change.new)
         elif isinstance(item, Unsupported):
@@ -161,7 +171,7 @@ class Tracker:
         self.links.pop(link.index, None)
         # The kernel flushes routes of a deleted device without telling anyone (IPv4).
         self.present_routes = {r for r in self.present_routes if r.oif != link.name}
-        for table in (self.host_routes, self.local_addresses):
+        for table in (self.host_routes, self.local_addresses, self.node_addresses):
             for addr in [a for a, devs in table.items() if link.name in devs]:
                 _update(table, addr, link.name, False)
 
@@ -177,6 +187,7 @@ class Tracker:
             host_routes=self.host_routes,
             local_addresses=self.local_addresses,
             managed=managed,
+            node_addresses=self.node_addresses,
         )
 
 

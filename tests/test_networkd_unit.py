@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -22,6 +24,7 @@ from netd_hook.networkd import (
     link_index,
     link_path,
     translate,
+    watch,
 )
 
 PROPS = "org.freedesktop.DBus.Properties"
@@ -253,7 +256,7 @@ class FakeBus:
         self.connected = False
         self._gone.set()
 
-    def signal(self, sender: str, path: str, interface: str, member: str, signature: str, body: list[object]) -> None:
+    def signal(self, sender: str, path: str, interface: str, member: str, signature: str, body: list[Any]) -> None:
         msg = Message(
             message_type=MessageType.SIGNAL,
             sender=sender,
@@ -345,6 +348,9 @@ async def run_session(nd: Networkd, scenario: Callable[[FakeBus, list[object]], 
         async with anyio.create_task_group() as tg:
             tg.start_soon(functools.partial(session.run, lambda: synced.append(len(events))))
             await scenario(bus, events)
+            while not synced:
+                await anyio.sleep(0.001)
+            await anyio.sleep(0.01)
             assert len(synced) == 1, "on_synced is called exactly once"
             bus.lose()
     return counters
@@ -409,7 +415,8 @@ def test_session_signals_during_listing_win_over_older_replies() -> None:
         bus.link_state(7, "configuring")  # a link added after ListLinks
         release.set()
         await until(events, lambda e: isinstance(e, decide.LinksListed))
-        assert listed(events) == [decide.LinksListed(OWNER, {1: "unmanaged", 2: "configured", 3: "configured", 7: "configuring"})]
+        want = {1: "unmanaged", 2: "configured", 3: "configured", 7: "configuring"}
+        assert listed(events) == [decide.LinksListed(OWNER, want)]
         # ... and they were passed on at once, too (decide needs the busy state to verify).
         assert decide.LinkChanged(OWNER, 3, "configured", name="eth1") in events
         assert decide.LinkChanged(OWNER, 7, "configuring") in events
@@ -570,3 +577,42 @@ def test_session_ends_when_the_connection_is_lost() -> None:
         return events
 
     assert anyio.run(main, backend="asyncio") == [decide.OwnerChanged(OWNER), OwnerPid(1005)]
+
+
+# watch() against a bus that is not a bus ---------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["env", "address"])
+def test_watch_finds_the_bus_and_keeps_retrying(
+    via: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dbus-fast reads DBUS_SYSTEM_BUS_ADDRESS for BusType.SYSTEM (both 5.0.26 and 5.2.x);
+    a peer that hangs up during authentication is retried with backoff, nothing is raised."""
+    path = f"{tmp_path}/bus"
+    address = f"unix:path={path}"
+    if via == "env":
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+    else:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/socket")
+    events: list[object] = []
+    counters = BusCounters()
+
+    async def main() -> list[float]:
+        accepted: list[float] = []
+        listener = await anyio.create_unix_listener(path)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(watch, events.append, counters, address=None if via == "env" else address)
+            )
+            with anyio.fail_after(5):
+                while len(accepted) < 3:
+                    conn = await listener.accept()
+                    accepted.append(anyio.current_time())
+                    await conn.aclose()  # hang up before authentication
+            tg.cancel_scope.cancel()
+        return accepted
+
+    accepted = anyio.run(main, backend="asyncio")
+    assert accepted[2] - accepted[1] > accepted[1] - accepted[0] >= 0.09  # 0.1 s, then 0.2 s
+    assert events == []
+    assert counters == BusCounters()

@@ -117,3 +117,21 @@ def test_rescope_forgets_what_left_the_scope():
     t = _tracker()
     t.rescope(Scope(exclude_priorities=((512, 512),)))
     assert not any(r.priority == 512 for r in t.rules)
+
+
+def test_a_node_address_briefly_gone_holds_its_rule_back_without_forgetting_it():
+    snap = Snapshot(frozenset([NODE_RULES[2]]), frozenset())
+    p = plan(snap, set(), set(), live(local_addresses=set(), node_addresses={"10.0.1.10"}))
+    assert not p.rules and [s.dead for s in p.skipped] == [False]
+
+
+def test_the_address_coming_back_is_a_reason_to_replay_and_its_device_going_away_ends_it():
+    t = _tracker()
+    t.apply(Change(False, NODE_RULES[2], NETWORKD_PORT), Cause.NETWORKD)
+    t.apply(Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD)
+    assert "10.0.1.10" in t.node_addresses and "10.0.1.10" not in t.local_addresses
+    assert t.apply(Change(True, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD) is True
+    t.apply(Change(False, Link(3, "eth1"), 0), Cause.KERNEL)  # the ENI is detached
+    assert "10.0.1.10" not in t.node_addresses
+    p = plan(t.snapshot(), t.present_rules, t.present_routes, t.liveness(frozenset()))
+    assert [s.dead for s in p.skipped if s.entry == NODE_RULES[2]] == [True]
