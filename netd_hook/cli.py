@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon (as the netd-hook.service does)")
     run.add_argument("--config", type=Path, help=f"TOML file (default: {configmod.DEFAULT_CONFIG} when present)")
-    run.add_argument("--state-dir", type=Path, help=f"where the snapshot lives (default: {configmod.DEFAULT_STATE_DIR})")
+    run.add_argument("--state-dir", type=Path,
+                     help=f"where the snapshot lives (default: {configmod.DEFAULT_STATE_DIR})")
     run.add_argument("--log-level", choices=configmod.LOG_LEVELS, help="overrides the config's log_level")
     run.add_argument("--bus-address", help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS or the system bus)")
     return p
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
         notifier = Notifier()
         fault = os.environ.get("NETD_HOOK_INJECT_FAULT", "")
-        service = Service(cfg, args.config, notifier, args.bus_address, inject_fault=int(fault) if fault.isdigit() else 0)
+        service = Service(cfg, args.config, notifier, args.bus_address,
+                          inject_fault=int(fault) if fault.isdigit() else 0)
         try:
             anyio.run(service.run, backend="asyncio")
         except KeyboardInterrupt:

@@ -136,7 +136,12 @@ def parse(doc: dict[str, Any], path: str) -> Config:
     scope = dataclasses.replace(scope, **kw)
 
     rsec = _section(path, doc, "replay", {"quiet_ms", "absent_grace_ms", "ack_timeout_ms", "max_attempts"})
-    limits = {"quiet_ms": (0, 60_000), "absent_grace_ms": (0, 600_000), "ack_timeout_ms": (10, 60_000), "max_attempts": (1, 100)}
+    limits = {
+        "quiet_ms": (0, 60_000),
+        "absent_grace_ms": (0, 600_000),
+        "ack_timeout_ms": (10, 60_000),
+        "max_attempts": (1, 100),
+    }
     replay = Replay(**{k: _int(path, f"[replay] {k}", v, *limits[k]) for k, v in rsec.items()})
 
     log_level = doc.get("log_level", "info")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 SETTLED_STATES = frozenset({"configured", "unmanaged", "failed", "linger"})
 BUSY_STATES = frozenset({"pending", "initialized", "configuring"})
@@ -93,7 +92,7 @@ class Tick:
     """A Wake deadline has passed."""
 
 
-Event = Union[OwnerChanged, LinksListed, LinkChanged, LinkRemoved, Lost, Suspect, Done, Tick]
+Event = OwnerChanged | LinksListed | LinkChanged | LinkRemoved | Lost | Suspect | Done | Tick
 
 
 # Actions ----------------------------------------------------------------------------------
@@ -114,7 +113,7 @@ class Wake:
     at: float
 
 
-Action = Union[Replay, Verify, Wake]
+Action = Replay | Verify | Wake
 
 
 def settled(state: State, now: float) -> bool:

@@ -70,7 +70,10 @@ class RepairRecord:
 
     def fields(self) -> dict[str, str]:
         """NETD_HOOK_* journald fields."""
-        return {f"NETD_HOOK_{k.upper()}": (f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in asdict(self).items()}
+        return {
+            f"NETD_HOOK_{k.upper()}": (f"{v:.1f}" if isinstance(v, float) else str(v))
+            for k, v in asdict(self).items()
+        }
 
     def line(self) -> str:
         return (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Union
+from typing import Any
 
 AF_INET = 2
 AF_INET6 = 10
@@ -127,7 +127,7 @@ class Route:
         return " ".join(parts)
 
 
-Entry = Union[Rule, Route]
+Entry = Rule | Route
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import anyio
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
@@ -116,7 +116,7 @@ class Unsupported:
     what: str
 
 
-Item = Union[Rule, Route, HostRoute, LocalAddress, Link, Unsupported]
+Item = Rule | Route | HostRoute | LocalAddress | Link | Unsupported
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,14 +201,14 @@ def decode_route(msg: Any, names: Mapping[int, str]) -> Item | None:
     family = msg["family"]
     oif_index = attrs.get("RTA_OIF")
     oif = names.get(oif_index) if oif_index is not None else None
-    dst = attrs.get("RTA_DST")
+    dst: str | None = attrs.get("RTA_DST")
     host = dst is not None and msg["dst_len"] == (32 if family == AF_INET else 128)
     if table == RT_TABLE_MAIN:
-        if host and oif is not None and "RTA_GATEWAY" not in attrs and msg["type"] == RTN_UNICAST:
+        if host and dst is not None and oif is not None and "RTA_GATEWAY" not in attrs and msg["type"] == RTN_UNICAST:
             return HostRoute(dst, oif)
         return None
     if table == RT_TABLE_LOCAL:
-        if host and oif is not None and msg["type"] == RTN_LOCAL:
+        if host and dst is not None and oif is not None and msg["type"] == RTN_LOCAL:
             return LocalAddress(dst, oif)
         return None
     if table in RESERVED_TABLES:

@@ -98,7 +98,8 @@ class Service:
                 log.error("snapshot file is corrupt (%s); moved aside to %s; rebuilding from the kernel",
                           loaded.detail, loaded.moved_to)
             elif loaded.status == "loaded":
-                log.info("loaded snapshot: %d rules, %d routes", len(loaded.snapshot.rules), len(loaded.snapshot.routes))
+                log.info("loaded snapshot: %d rules, %d routes",
+                         len(loaded.snapshot.rules), len(loaded.snapshot.routes))
             self.tracker = Tracker(self.cfg.scope, loaded.snapshot)
             self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, dump_sock))
             self._warm()

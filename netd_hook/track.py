@@ -43,7 +43,8 @@ def classify(port: int, own_ports: Collection[int], is_networkd: Callable[[int],
 class Tracker:
     """Mutable by design (10,000 entries, thousands of events per burst), deterministic, I/O-free."""
 
-    def __init__(self, scope: Scope, snapshot: Snapshot = Snapshot()) -> None:
+    def __init__(self, scope: Scope, snapshot: Snapshot | None = None) -> None:
+        snapshot = snapshot or Snapshot()
         self.scope = scope
         self.rules: set[Rule] = {r for r in snapshot.rules if rule_in_scope(scope, r)}
         self.routes: set[Route] = {r for r in snapshot.routes if route_in_scope(scope, r)}

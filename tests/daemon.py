@@ -4,7 +4,6 @@ Shared by the integration tests, the demo and the benchmark."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -13,8 +12,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any
 
 from tests.lab import Lab
 
@@ -49,27 +49,27 @@ def route_set(lab: Lab, tables: Iterable[int]) -> frozenset:
     return frozenset(rows)
 
 
-def prefs(rows: frozenset) -> List[int]:
+def prefs(rows: frozenset) -> list[int]:
     return sorted(int(dict(r)["priority"]) for r in rows)
 
 
 class Daemon:
-    def __init__(self, lab: Lab, state_dir: Path, *, config: Optional[str] = None,
-                 env: Optional[dict] = None, log_level: str = "debug",
-                 argv: Optional[List[str]] = None) -> None:
+    def __init__(self, lab: Lab, state_dir: Path, *, config: str | None = None,
+                 env: dict | None = None, log_level: str = "debug",
+                 argv: list[str] | None = None) -> None:
         self.lab = lab
         self.state_dir = state_dir
         self.config = config
         self.env = env or {}
         self.log_level = log_level
         self.argv = argv or [sys.executable, "-m", "netd_hook"]
-        self.lines: List[str] = []
-        self.notes: List[str] = []
+        self.lines: list[str] = []
+        self.notes: list[str] = []
         self._cond = threading.Condition()
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="ndh-daemon-")
 
-    def start(self, timeout: float = 20.0) -> "Daemon":
+    def start(self, timeout: float = 20.0) -> Daemon:
         tmp = Path(self._tmp.name)
         sock_path = str(tmp / f"notify-{len(self.notes)}-{time.monotonic_ns()}")
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -88,7 +88,7 @@ class Daemon:
             self.wait_note("READY=1", timeout)
         except AssertionError:
             self.stop(check=False)
-            raise AssertionError("daemon never sent READY=1; log:\n" + self.log())
+            raise AssertionError("daemon never sent READY=1; log:\n" + self.log()) from None
         return self
 
     def _read_log(self, proc: subprocess.Popen) -> None:
@@ -108,7 +108,7 @@ class Daemon:
                 self.notes.extend(data.decode().split("\n"))
                 self._cond.notify_all()
 
-    def _wait(self, source: List[str], pattern: str, timeout: float, start: int = 0) -> re.Match:
+    def _wait(self, source: list[str], pattern: str, timeout: float, start: int = 0) -> re.Match:
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -136,7 +136,7 @@ class Daemon:
         with self._cond:
             return "\n".join(self.lines)
 
-    def repairs(self, start: int = 0) -> List[dict]:
+    def repairs(self, start: int = 0) -> list[dict]:
         out = []
         with self._cond:
             for line in self.lines[start:]:
@@ -144,7 +144,7 @@ class Daemon:
                     out.append(dict(kv.split("=", 1) for kv in line.split(" repair ", 1)[1].split()))
         return out
 
-    def stop(self, check: bool = True, timeout: float = 2.0) -> Optional[int]:
+    def stop(self, check: bool = True, timeout: float = 2.0) -> int | None:
         if self.proc is None:
             return None
         p, self.proc = self.proc, None
@@ -169,7 +169,7 @@ class Daemon:
         finally:
             self._tmp.cleanup()
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -12,7 +12,6 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import List, Tuple
 
 from tests.daemon import Daemon, rule_set
 from tests.lab import Lab, pod_ips
@@ -27,7 +26,7 @@ class RuleWatch:
     LINE = re.compile(r"^\[(?P<ts>[^\]]+)\]\s*(?P<del>Deleted )?(?P<what>.*)$")
 
     def __init__(self, lab: Lab) -> None:
-        self.events: List[Tuple[float, bool, str]] = []
+        self.events: list[tuple[float, bool, str]] = []
         self.proc = lab.popen(["ip", "-ts", "monitor", "rule", "route"], stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         time.sleep(0.2)
@@ -43,7 +42,7 @@ class RuleWatch:
     def mark(self) -> int:
         return len(self.events)
 
-    def outage(self, start: int) -> Tuple[List[str], List[str], float]:
+    def outage(self, start: int) -> tuple[list[str], list[str], float]:
         """(lost, restored, seconds from the first deletion to the last re-add)."""
         evs = self.events[start:]
         lost = [w for _, d, w in evs if d and (" lookup " in w or " table " in w) and "proto kernel" not in w]

@@ -25,5 +25,9 @@ NODE_RULES = [
     Rule(AF_INET, 1024, 254, fwmark=0x80, fwmask=0x80),
     Rule(AF_INET, 32765, 2, src="10.0.1.10/32"),  # ENI primary address, CNI >= 1.20
 ]
-KERNEL_RULES = [Rule(AF_INET, 0, 255, protocol=2), Rule(AF_INET, 32766, 254, protocol=2), Rule(AF_INET, 32767, 253, protocol=2)]
+KERNEL_RULES = [
+    Rule(AF_INET, 0, 255, protocol=2),
+    Rule(AF_INET, 32766, 254, protocol=2),
+    Rule(AF_INET, 32767, 253, protocol=2),
+]
 NETWORKD_RULE = Rule(AF_INET, 100, 10, src="192.168.0.0/16", protocol=4)

@@ -53,7 +53,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Dict, Iterable, List, Optional
+from collections.abc import Iterable
 
 NETWORKD = "/lib/systemd/systemd-networkd"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
@@ -86,7 +86,7 @@ class Eni:
     ip: str            # 10.0.<index>.10
     prefixlen: int     # 24
     gw: str            # 10.0.<index>.1
-    table: Optional[int]  # index + 1, None for eth0 (main)
+    table: int | None  # index + 1, None for eth0 (main)
     ifindex: int
     managed: bool
 
@@ -99,7 +99,7 @@ class _Pod:
     single: bool       # True: the veth carries only this pod (deleted with it)
 
 
-def pod_ips(eni: int, count: int, start: int = 0) -> List[str]:
+def pod_ips(eni: int, count: int, start: int = 0) -> list[str]:
     """Pod IPs for ENI ``eni``: ``10.<1 + k // 250>.<eni>.<k % 250 + 1>``."""
     if not 0 <= eni <= 255:
         raise ValueError("eni must be 0..255")
@@ -126,14 +126,14 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _ns_inode(pid: int, kind: str = "net") -> Optional[int]:
+def _ns_inode(pid: int, kind: str = "net") -> int | None:
     try:
         return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
     except OSError:
         return None
 
 
-def _pids_in_netns(inode: int) -> List[int]:
+def _pids_in_netns(inode: int) -> list[int]:
     me = os.getpid()
     out = []
     for entry in os.listdir("/proc"):
@@ -183,31 +183,31 @@ class Lab:
 
     bus_address: str = BUS_ADDRESS
 
-    def __init__(self, name: Optional[str] = None, *, networkd_debug: bool = False,
+    def __init__(self, name: str | None = None, *, networkd_debug: bool = False,
                  keep_logs: bool = False):
         self.name = name or f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}"
         if len(self.name) > 64 or "/" in self.name:
             raise ValueError("bad namespace name")
         self.networkd_debug = networkd_debug
         self.keep_logs = keep_logs
-        self.holder_pid: Optional[int] = None
-        self.dbus_pid: Optional[int] = None
-        self.netns_inode: Optional[int] = None
-        self.logdir: Optional[str] = None
-        self.enis: Dict[int, Eni] = {}
-        self.pods: Dict[str, _Pod] = {}
-        self.timings: Dict[str, float] = {}
-        self._holder: Optional[subprocess.Popen] = None
-        self._dbus: Optional[subprocess.Popen] = None
-        self._networkd: Optional[subprocess.Popen] = None
-        self._children: List[subprocess.Popen] = []
+        self.holder_pid: int | None = None
+        self.dbus_pid: int | None = None
+        self.netns_inode: int | None = None
+        self.logdir: str | None = None
+        self.enis: dict[int, Eni] = {}
+        self.pods: dict[str, _Pod] = {}
+        self.timings: dict[str, float] = {}
+        self._holder: subprocess.Popen | None = None
+        self._dbus: subprocess.Popen | None = None
+        self._networkd: subprocess.Popen | None = None
+        self._children: list[subprocess.Popen] = []
         self._netns_created = False
         self._closed = False
         self._started = False
         self._bulk_counter = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         self.start()
         return self
 
@@ -348,7 +348,7 @@ class Lab:
             return None
 
     @classmethod
-    def reap_stale(cls) -> List[str]:
+    def reap_stale(cls) -> list[str]:
         """Remove leftovers of crashed runs: netns ``ndh-<pid>-*`` whose creator pid is dead.
 
         Processes inside such a namespace are killed by PID (matched by netns inode).
@@ -375,13 +375,13 @@ class Lab:
         return removed
 
     # ------------------------------------------------------------------ running things
-    def _nsenter(self, argv: Iterable[str]) -> List[str]:
+    def _nsenter(self, argv: Iterable[str]) -> list[str]:
         if self.holder_pid is None or self._closed:
             raise LabError("lab is not running")
         return [NSENTER, "-t", str(self.holder_pid), "-n", "-m", *argv]
 
-    def run(self, *argv: str, check: bool = True, input: Optional[str] = None,
-            timeout: float = 30) -> "subprocess.CompletedProcess[str]":
+    def run(self, *argv: str, check: bool = True, input: str | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run argv inside the lab (nsenter), text mode, output captured."""
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address, SYSTEMD_COLORS="0",
                    SYSTEMD_PAGER="")
@@ -392,7 +392,7 @@ class Lab:
             raise LabCommandError(r.returncode, list(argv), r.stdout, r.stderr)
         return r
 
-    def popen(self, argv: List[str], env: Optional[dict] = None, **kw) -> subprocess.Popen:
+    def popen(self, argv: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
         """Start a long-running process inside the lab.
 
         ``env`` is merged over os.environ; DBUS_SYSTEM_BUS_ADDRESS is always set (unless
@@ -425,30 +425,30 @@ class Lab:
         except FileNotFoundError:
             pass
 
-    def busctl(self, *args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+    def busctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run("busctl", "--system", *args, check=check)
 
     # ------------------------------------------------------------------ ip oracle
-    def ip_json(self, *args: str) -> List[dict]:
+    def ip_json(self, *args: str) -> list[dict]:
         """``ip -j <args>`` inside the lab, parsed; [] for empty output."""
         out = self.run(IP, "-j", *args).stdout.strip()
         return json.loads(out) if out else []
 
-    def rules(self, family: int = 4) -> List[dict]:
+    def rules(self, family: int = 4) -> list[dict]:
         return self.ip_json("-d", f"-{family}", "rule", "show")
 
-    def routes(self, table, family: int = 4) -> List[dict]:
+    def routes(self, table, family: int = 4) -> list[dict]:
         return self.ip_json("-d", f"-{family}", "route", "show", "table", str(table))
 
-    def rule_prefs(self, family: int = 4) -> List[int]:
+    def rule_prefs(self, family: int = 4) -> list[int]:
         """Sorted priorities of all rules (handy for asserts)."""
         return sorted(r.get("priority", 0) for r in self.rules(family))
 
-    def links(self) -> List[str]:
+    def links(self) -> list[str]:
         """Interface names in the lab (from the lab's sysfs, no subprocess)."""
         return sorted(os.listdir(self.path("/sys/class/net")))
 
-    def ip_batch(self, lines: List[str], force: bool = False) -> None:
+    def ip_batch(self, lines: list[str], force: bool = False) -> None:
         """Feed lines to ``ip [-force] -batch -``. With force, errors are ignored."""
         if not lines:
             return
@@ -457,7 +457,7 @@ class Lab:
 
     # ------------------------------------------------------------------ networkd
     @property
-    def networkd_pid(self) -> Optional[int]:
+    def networkd_pid(self) -> int | None:
         p = self._networkd
         return p.pid if p is not None and p.poll() is None else None
 
@@ -468,7 +468,7 @@ class Lab:
         except (OSError, TypeError):
             return ""
 
-    def name_owner(self, name: str = NETWORK1) -> Optional[str]:
+    def name_owner(self, name: str = NETWORK1) -> str | None:
         """Unique bus name owning ``name`` on the lab's bus, or None."""
         r = self.busctl("call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
                         "org.freedesktop.DBus", "GetNameOwner", "s", name, check=False)
@@ -542,7 +542,7 @@ class Lab:
     def networkctl_json(self) -> dict:
         return json.loads(self.run("networkctl", "list", "--json=short").stdout)
 
-    def link_states(self) -> Dict[str, str]:
+    def link_states(self) -> dict[str, str]:
         """name -> AdministrativeState, from ``networkctl list --json=short`` (bus Describe())."""
         return {i["Name"]: i.get("AdministrativeState", "")
                 for i in self.networkctl_json().get("Interfaces", [])}
@@ -550,7 +550,7 @@ class Lab:
     def wait_settled(self, timeout: float = 15) -> None:
         """Until networkd knows every link in the lab and each is configured/unmanaged/
         failed/linger. Polls every 50 ms (test harness only)."""
-        last: Dict[str, str] = {}
+        last: dict[str, str] = {}
 
         def settled():
             nonlocal last
@@ -606,7 +606,7 @@ class Lab:
         self.enis[index] = eni
         return eni
 
-    def eni_routes(self, index: int) -> List[str]:
+    def eni_routes(self, index: int) -> list[str]:
         """The per-ENI table routes as ip-batch lines (to restore them by hand)."""
         e = self.enis[index]
         return [f"route replace {e.gw}/32 dev {e.name} scope link table {e.table}",
@@ -618,13 +618,13 @@ class Lab:
             lines += ["rule add priority 20 lookup local", "rule del priority 0 lookup local"]
         self.ip_batch(lines)
 
-    def _pod_rule_lines(self, ip: str, eni: int, verb: str = "add") -> List[str]:
+    def _pod_rule_lines(self, ip: str, eni: int, verb: str = "add") -> list[str]:
         lines = [f"rule {verb} to {ip} lookup main priority 512"]
         if eni >= 1:
             lines.append(f"rule {verb} from {ip} lookup {eni + 1} priority 1536")
         return lines
 
-    def pod_rule_lines(self, ip: Optional[str] = None) -> List[str]:
+    def pod_rule_lines(self, ip: str | None = None) -> list[str]:
         """ip-batch lines that (re)add the 512/1536 rules of one pod or all live pods."""
         pods = [self.pods[ip]] if ip else list(self.pods.values())
         return [ln for p in pods for ln in self._pod_rule_lines(p.ip, p.eni)]
@@ -642,10 +642,10 @@ class Lab:
         self.pods[ip] = _Pod(ip, eni, veth, True)
         return veth
 
-    def add_pods_bulk(self, ips: List[str], eni: int, per_veth: int = 50) -> None:
+    def add_pods_bulk(self, ips: list[str], eni: int, per_veth: int = 50) -> None:
         """Many pods at once: one host veth per ``per_veth`` pods, one ``ip -batch``."""
-        lines: List[str] = []
-        new: List[_Pod] = []
+        lines: list[str] = []
+        new: list[_Pod] = []
         for start in range(0, len(ips), max(1, per_veth)):
             chunk = ips[start:start + per_veth]
             veth = host_veth_name(f"{self.name}/bulk/{next(self._bulk_counter)}")

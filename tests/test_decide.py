@@ -5,8 +5,21 @@ from __future__ import annotations
 import pytest
 
 from netd_hook.decide import (
-    Done, LinkChanged, LinkRemoved, LinksListed, Lost, OwnerChanged, Params, Replay, State, Suspect, Tick,
-    Verify, Wake, settled, step,
+    Done,
+    LinkChanged,
+    LinkRemoved,
+    LinksListed,
+    Lost,
+    OwnerChanged,
+    Params,
+    Replay,
+    State,
+    Suspect,
+    Tick,
+    Verify,
+    Wake,
+    settled,
+    step,
 )
 
 A, B = ":1.7", ":1.9"
@@ -68,7 +81,8 @@ CASES = {
         [(1.01, Replay("kernel"))],
     ),
     "a new link appearing holds the replay until it is configured": (
-        [(1.0, LinkChanged(A, 9, "pending", "eth3")), (1.01, Lost(9, "networkd")), (1.3, LinkChanged(A, 9, "configured"))],
+        [(1.0, LinkChanged(A, 9, "pending", "eth3")), (1.01, Lost(9, "networkd")),
+         (1.3, LinkChanged(A, 9, "configured"))],
         [(1.3, Replay("link-added:eth3"))],
     ),
     "a link removed mid-configure no longer blocks settling": (

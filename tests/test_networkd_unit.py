@@ -583,9 +583,7 @@ def test_session_ends_when_the_connection_is_lost() -> None:
 
 
 @pytest.mark.parametrize("via", ["env", "address"])
-def test_watch_finds_the_bus_and_keeps_retrying(
-    via: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_watch_finds_the_bus_and_keeps_retrying(via: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """dbus-fast reads DBUS_SYSTEM_BUS_ADDRESS for BusType.SYSTEM (both 5.0.26 and 5.2.x);
     a peer that hangs up during authentication is retried with backoff, nothing is raised."""
     path = f"{tmp_path}/bus"
@@ -601,9 +599,7 @@ def test_watch_finds_the_bus_and_keeps_retrying(
         accepted: list[float] = []
         listener = await anyio.create_unix_listener(path)
         async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(
-                functools.partial(watch, events.append, counters, address=None if via == "env" else address)
-            )
+            tg.start_soon(functools.partial(watch, events.append, counters, address=None if via == "env" else address))
             with anyio.fail_after(5):
                 while len(accepted) < 3:
                     conn = await listener.accept()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from netd_hook.model import AF_INET, Route, Rule, Snapshot
+from netd_hook.model import AF_INET, Route, Snapshot
 from netd_hook.netlink import Change, Dump, HostRoute, Link, LocalAddress
 from netd_hook.plan import Liveness, plan
 from netd_hook.scope import Scope
@@ -63,7 +63,8 @@ def test_classify_by_netlink_port():
     assert classify(CNI_PORT, {OUR_PORT}, nd) is Cause.OTHER
 
 
-def _tracker(snapshot=Snapshot()):
+def _tracker(snapshot=None):
+    snapshot = snapshot or Snapshot()
     t = Tracker(Scope(), snapshot)
     rules = [*NODE_RULES, *pod_rules("10.1.1.5", 2), *KERNEL_RULES, NETWORKD_RULE]
     t.load(Dump(rules=rules, routes=eni_routes(1), host_routes=[HostRoute("10.1.1.5", "eni1")],

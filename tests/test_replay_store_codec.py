@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -15,8 +14,17 @@ from netd_hook import store
 from netd_hook.journal import Notifier
 from netd_hook.model import AF_INET6, Route, Rule, Snapshot
 from netd_hook.netlink import (
-    ADD_FLAGS, RTM_DELRULE, RTM_NEWROUTE, RTM_NEWRULE, BatchResult, Encoder, decode, decode_route, decode_rule,
-    encode_route, encode_rule,
+    ADD_FLAGS,
+    RTM_DELRULE,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    BatchResult,
+    Encoder,
+    decode,
+    decode_route,
+    decode_rule,
+    encode_route,
+    encode_rule,
 )
 from netd_hook.plan import Plan
 from netd_hook.replay import execute
