@@ -407,7 +407,8 @@ class _Session:
             indexes.append(index)
             if isinstance(name, str) and _IFNAME.fullmatch(name):
                 names[index] = name
-        self._names = names
+        if owner == self._owner:
+            self._names = names
         states: dict[int, str] = {}
         errors: list[BusError] = []
         limiter = anyio.CapacityLimiter(MAX_CONCURRENT_GETS)

@@ -41,10 +41,10 @@ def rule_set(lab: Lab, families: Iterable[int] = (4, 6)) -> frozenset:
     return frozenset(rows)
 
 
-def route_set(lab: Lab, tables: Iterable[int]) -> frozenset:
+def route_set(lab: Lab, tables: Iterable[int], family: int = 4) -> frozenset:
     rows = []
     for t in tables:
-        for r in lab.routes(t):
+        for r in lab.routes(t, family):
             rows.append((t,) + tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k != "flags")))
     return frozenset(rows)
 

@@ -32,8 +32,14 @@ def node():
         # eth2 appearing wiped eth1's 32765 rule already (the outage itself); put it back like ipamd
         lab.ip_batch([f"rule add from {e.ip} lookup {e.table} priority 32765" for e in enis], force=True)
         lab.node_rules(strict=True)
-        for ip, eni in (("10.1.0.5", 0), ("10.1.1.5", 1), ("10.1.1.6", 1), ("10.1.2.5", 2)):
-            lab.add_pod(ip, eni)
+        veths = {ip: lab.add_pod(ip, eni) for ip, eni in (("10.1.0.5", 0), ("10.1.1.5", 1), ("10.1.1.6", 1),
+                                                           ("10.1.2.5", 2))}
+        # a dual-stack pod: IPv6 rules and table routes are protected the same way
+        for cmd in (f"route add 2001:db8:1::5/128 dev {veths['10.1.1.5']}",
+                    "rule add to 2001:db8:1::5 lookup main priority 512",
+                    "rule add from 2001:db8:1::5 lookup 2 priority 1536",
+                    "route add default via fe80:ec2::1 dev eth1 table 2"):
+            lab.run("ip", "-6", *cmd.split())
         yield lab
 
 
@@ -45,7 +51,7 @@ def daemon(node, tmp_path: Path):
 
 
 def healthy(lab):
-    return rule_set(lab), route_set(lab, TABLES)
+    return rule_set(lab), route_set(lab, TABLES) | route_set(lab, (2,), family=6)
 
 
 def wait_back(lab, want, daemon, what, timeout=10.0, mark=None):
@@ -73,8 +79,10 @@ def test_reconfigure_of_a_secondary_is_repaired(node, daemon):
     node.reconfigure("eth1")
     wait_back(node, want, daemon, "repair after reconfigure eth1", mark=mark)
     rep = daemon.repairs(mark)
-    assert rep and int(rep[0]["rules_restored"]) == 11  # 20, 512x4, 1024, 1536x3, 32765x2 were wiped
-    assert sum(int(r["routes_restored"]) for r in rep) == 2  # table 2, flushed without a notification
+    # IPv4: 20, 512x4, 1024, 1536x3, 32765x2; IPv6: 512, 1536
+    assert rep and int(rep[0]["rules_restored"]) == 13
+    # table 2: the IPv6 default (deleted by networkd), the IPv4 pair (flushed without a notification)
+    assert sum(int(r["routes_restored"]) for r in rep) == 3
     assert node.wait_settled() is None and healthy(node) == want
 
 
