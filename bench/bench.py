@@ -169,7 +169,7 @@ class TrialError(RuntimeError):
 def run_worker(ns: Netns, method: str, msgs_file: str) -> dict[str, Any]:
     r = subprocess.run(
         [IP, "netns", "exec", ns.name, sys.executable, "-m", "bench.bench", "--worker", method,
-         "--netns", ns.name, "--msgs", msgs_file],
+         "--netns", ns.name, "--parent-netns", str(os.stat("/proc/self/ns/net").st_ino), "--msgs", msgs_file],
         capture_output=True, text=True, cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120,
     )
     if r.returncode != 0:
@@ -279,12 +279,13 @@ def report_part1(res: dict[str, Any], repeats: dict[int, int]) -> None:
 # Workers (run inside the trial's namespace) ----------------------------------------------------
 
 
-def check_netns(name: str) -> None:
-    """Refuse to send a single rule unless this process really sits in the trial namespace."""
+def check_netns(name: str, parent_ino: int) -> None:
+    """Refuse to send a single rule unless this process really sits in the trial namespace
+    (and not in the namespace of the script that started it)."""
     if not name.startswith("ndhb-") or "/" in name:
         raise SystemExit(f"refusing: {name!r} is not a benchmark namespace")
     mine = os.stat("/proc/self/ns/net").st_ino
-    if mine != os.stat(f"/run/netns/{name}").st_ino or mine == os.stat("/proc/1/ns/net").st_ino:
+    if mine != os.stat(f"/run/netns/{name}").st_ino or mine == parent_ino:
         raise SystemExit(f"refusing: not inside network namespace {name}")
 
 
@@ -339,8 +340,8 @@ def worker_floor(messages: list[bytes]) -> dict[str, Any]:
     return {"ms": elapsed / 1e6, "acked": n - errors, "errors": errors}
 
 
-def worker_main(method: str, netns: str, msgs_file: str) -> None:
-    check_netns(netns)
+def worker_main(method: str, netns: str, parent_ino: int, msgs_file: str) -> None:
+    check_netns(netns, parent_ino)
     messages = split_messages(Path(msgs_file).read_bytes())
     result = worker_writer(messages) if method == "a" else worker_floor(messages)
     print(json.dumps(result))
@@ -710,11 +711,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-lab", action="store_true", help="part 1 only")
     ap.add_argument("--worker", choices=("a", "d"), help=argparse.SUPPRESS)
     ap.add_argument("--netns", help=argparse.SUPPRESS)
+    ap.add_argument("--parent-netns", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--msgs", help=argparse.SUPPRESS)
     ap.add_argument("--observer", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker_main(args.worker, args.netns, args.msgs)
+        worker_main(args.worker, args.netns, args.parent_netns, args.msgs)
         return 0
     if args.observer:
         observer_main()
