@@ -56,13 +56,14 @@ def prefs(rows: frozenset) -> list[int]:
 class Daemon:
     def __init__(self, lab: Lab, state_dir: Path, *, config: str | None = None,
                  env: dict | None = None, log_level: str = "debug",
-                 argv: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, extra_args: list[str] | None = None) -> None:
         self.lab = lab
         self.state_dir = state_dir
         self.config = config
         self.env = env or {}
         self.log_level = log_level
         self.argv = argv or [sys.executable, "-m", "netd_hook"]
+        self.extra_args = extra_args or []
         self.lines: list[str] = []
         self.notes: list[str] = []
         self._cond = threading.Condition()
@@ -74,7 +75,8 @@ class Daemon:
         sock_path = str(tmp / f"notify-{len(self.notes)}-{time.monotonic_ns()}")
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(sock_path)
-        argv = [*self.argv, "run", "--state-dir", str(self.state_dir), "--log-level", self.log_level]
+        argv = [*self.argv, "run", "--state-dir", str(self.state_dir), "--log-level", self.log_level,
+                *self.extra_args]
         if self.config is not None:
             cfg = tmp / "netd-hook.toml"
             cfg.write_text(self.config)

@@ -7,6 +7,7 @@ show table N`), never the daemon's own view.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -202,3 +203,30 @@ def test_sigterm_flushes_the_snapshot_and_exits_0_within_2s(node, tmp_path: Path
     assert d.notes.count("STOPPING=1") == 1
     assert "10.1.1.77/32" in (state / "snapshot.json").read_text()
     d.close()
+
+
+def test_watchdog_pings_and_sighup_reloads_or_keeps_the_running_config(node, tmp_path: Path):
+    config = tmp_path / "live.toml"
+    config.write_text('[scope]\nexclude_priorities = [1024]\n')
+    d = Daemon(node, tmp_path / "state", env={"WATCHDOG_USEC": "200000"}, extra_args=["--config", str(config)])
+    d.start()
+    try:
+        d.wait_note("WATCHDOG=1", timeout=2)
+        mark = d.mark()
+        node.reconfigure("eth1")
+        d.wait_log(r" repair trigger=", start=mark)
+        time.sleep(0.3)
+        assert 1024 not in prefs(rule_set(node))  # out of scope: not protected, not restored
+        config.write_text("[scope]\nexclude_priorities = ['oops']\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log(r"reload failed, keeping the running configuration: .*live.toml: \[scope\] exclude_priorities: 'oops'")
+        node.run("ip", "rule", "add", "fwmark", "0x80/0x80", "lookup", "main", "priority", "1024")
+        config.write_text("")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log(r"reloaded configuration from .*live.toml")
+        mark = d.mark()
+        node.reconfigure("eth1")
+        d.wait_log(r" repair trigger=", start=mark)
+        wait_until(lambda: 1024 in prefs(rule_set(node)), 5, "the 1024 rule to be protected after the reload")
+    finally:
+        d.close()
