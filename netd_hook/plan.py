@@ -5,8 +5,9 @@ Pure: every input is plain data, nothing here reads the kernel or a clock.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .model import Entry, Route, Rule, Snapshot
 
@@ -66,6 +67,29 @@ def gate_route(route: Route, live: Liveness) -> Skip | None:
     return Skip(route, f"device {route.oif} does not exist", dead=False)
 
 
+E = TypeVar("E", Rule, Route)
+
+
+def _missing(
+    protected: Iterable[E],
+    present: Collection[E],
+    set_aside: Collection[Entry],
+    gate: Callable[[E, Liveness], Skip | None],
+    live: Liveness,
+    skipped: list[Skip],
+) -> list[E]:
+    out: list[E] = []
+    for entry in protected:
+        if entry in present or entry in set_aside:
+            continue
+        skip = gate(entry, live)
+        if skip is None:
+            out.append(entry)
+        else:
+            skipped.append(skip)
+    return out
+
+
 def plan(
     snapshot: Snapshot,
     present_rules: Collection[Rule],
@@ -75,24 +99,8 @@ def plan(
 ) -> Plan:
     """Everything protected and missing, minus what the gate holds back and what failed before."""
     skipped: list[Skip] = []
-    routes: list[Route] = []
-    rules: list[Rule] = []
-    for route in snapshot.protected_routes():
-        if route in present_routes or route in set_aside:
-            continue
-        skip = gate_route(route, live)
-        if skip is None:
-            routes.append(route)
-        else:
-            skipped.append(skip)
-    for rule in snapshot.rules:
-        if rule in present_rules or rule in set_aside:
-            continue
-        skip = gate_rule(rule, live)
-        if skip is None:
-            rules.append(rule)
-        else:
-            skipped.append(skip)
+    routes = _missing(snapshot.protected_routes(), present_routes, set_aside, gate_route, live, skipped)
+    rules = _missing(snapshot.rules, present_rules, set_aside, gate_rule, live, skipped)
     # Deterministic order: routes by table and prefix length (gateway /32 before default via it),
     # rules by priority.
     routes.sort(key=lambda r: (r.family, r.table, -int(r.dst.rsplit("/", 1)[1]), r.dst))

@@ -219,7 +219,8 @@ def test_watchdog_pings_and_sighup_reloads_or_keeps_the_running_config(node, tmp
         assert 1024 not in prefs(rule_set(node))  # out of scope: not protected, not restored
         config.write_text("[scope]\nexclude_priorities = ['oops']\n")
         d.proc.send_signal(signal.SIGHUP)
-        d.wait_log(r"reload failed, keeping the running configuration: .*live.toml: \[scope\] exclude_priorities: 'oops'")
+        d.wait_log(r"reload failed, keeping the running configuration: "
+                   r".*live.toml: \[scope\] exclude_priorities: 'oops'")
         node.run("ip", "rule", "add", "fwmark", "0x80/0x80", "lookup", "main", "priority", "1024")
         config.write_text("")
         d.proc.send_signal(signal.SIGHUP)
