@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,10 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 NLMSG_ERROR = 2
 RTM_NEWRULE, RTM_DELRULE = 32, 33
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTNLGRP_IPV4_ROUTE = 7
 RTNLGRP_IPV4_RULE = 8
+RTA_TABLE = 15
 FRA_PRIORITY = 6
 FRA_PROTOCOL = 21
 RTPROT_KERNEL, RTPROT_STATIC = 2, 4
@@ -154,6 +157,9 @@ class Netns:
         if self.name in Netns._live:
             Netns._live.discard(self.name)
             subprocess.run([IP, "netns", "del", self.name], capture_output=True)
+            # The kernel tears the namespace down in a worker thread; let that finish before
+            # the next trial instead of competing with it for the CPU.
+            time.sleep(0.2)
 
     @classmethod
     def close_all(cls) -> None:
@@ -350,6 +356,20 @@ def worker_main(method: str, netns: str, parent_ino: int, msgs_file: str) -> Non
 # Observer (runs inside the lab) -----------------------------------------------------------------
 
 
+def route_table(payload: bytes) -> int:
+    """The table of an rtmsg payload (RTA_TABLE overrides rtm_table)."""
+    table = payload[4]
+    offset = 12  # sizeof(struct rtmsg)
+    while offset + 4 <= len(payload):
+        alen, atype = struct.unpack_from("=HH", payload, offset)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == RTA_TABLE:
+            return int(struct.unpack_from("=I", payload, offset + 4)[0])
+        offset += (alen + 3) & ~3
+    return table
+
+
 def rule_attrs(payload: bytes) -> tuple[int, int]:
     """(priority, protocol) of a fib_rule_hdr + attributes payload."""
     prio = proto = 0
@@ -388,7 +408,7 @@ async def _observer() -> None:
     overruns = 0
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
-    sock.bind((0, 1 << (RTNLGRP_IPV4_RULE - 1)))
+    sock.bind((0, (1 << (RTNLGRP_IPV4_RULE - 1)) | (1 << (RTNLGRP_IPV4_ROUTE - 1))))
     sock.setblocking(False)
     recv, append = sock.recv, raw.append
 
@@ -436,7 +456,7 @@ async def _observer() -> None:
             break
         readable()
         batch, raw[:] = list(raw), []
-        rules = []
+        rules, routes = [], []
         for t, data in batch:
             offset = 0
             while offset + HDR.size <= len(data):
@@ -448,8 +468,13 @@ async def _observer() -> None:
                     prio, proto = rule_attrs(payload)
                     key = keys.setdefault(payload, len(keys))
                     rules.append((round(t, 6), "N" if mtype == RTM_NEWRULE else "D", key, prio, proto, port))
+                elif mtype in (RTM_NEWROUTE, RTM_DELROUTE):
+                    table = route_table(data[offset + HDR.size : offset + length])
+                    if table not in (253, 254, 255):  # per-ENI tables only
+                        routes.append((round(t, 6), "N" if mtype == RTM_NEWROUTE else "D", table))
                 offset += (length + 3) & ~3
-        out = {"rules": rules, "states": [(round(t, 6), i, s) for t, i, s in states], "overruns": overruns}
+        out = {"rules": rules, "routes": routes, "states": [(round(t, 6), i, s) for t, i, s in states],
+               "overruns": overruns}
         states.clear()
         overruns = 0
         print(json.dumps(out), flush=True)
@@ -495,11 +520,11 @@ class Observer:
 # Part 2: repair latency in the lab ------------------------------------------------------------------
 
 
-def analyse(events: dict[str, Any], eth1: int, t_cmd: float) -> dict[str, Any]:
+def analyse(events: dict[str, Any], eth1: int, table: int, t_cmd: float) -> dict[str, Any]:
     """One reconfigure, from the observer's events: outage of protected rules and networkd's timing."""
     missing: set[int] = set()
     deleted: set[int] = set()
-    t_loss = t_back = None
+    t_loss = t_back = t_last_del = None
     whole_again = 0
     for t, kind, key, _prio, proto, _port in events["rules"]:
         if proto in (RTPROT_KERNEL, RTPROT_STATIC):  # outside the daemon's scope: not protected
@@ -507,6 +532,7 @@ def analyse(events: dict[str, Any], eth1: int, t_cmd: float) -> dict[str, Any]:
         if kind == "D":
             if t_loss is None:
                 t_loss = t
+            t_last_del = t
             missing.add(key)
             deleted.add(key)
         elif key in missing:
@@ -522,8 +548,14 @@ def analyse(events: dict[str, Any], eth1: int, t_cmd: float) -> dict[str, Any]:
     t_configuring = next((t for t, s in eth1_states if s == "configuring"), None)
     t_configured = next((t for t, s in eth1_states if s == "configured" and t_configuring and t > t_configuring),
                         None)
+    # eth1's table routes go with its address, mostly without a notification: all we can see is
+    # when they are added back (the daemon restores them after its post-settle re-read).
+    route_adds = [t for t, kind, tbl in events["routes"] if kind == "N" and tbl == table and t >= t_loss]
     return {
         "deleted": len(deleted),
+        "t_last_del": t_last_del,
+        "routes_back_ms": (max(route_adds) - t_loss) * 1000 if route_adds else None,
+        "route_dels_seen": sum(1 for _t, kind, tbl in events["routes"] if kind == "D" and tbl == table),
         "outage_ms": (t_back - t_loss) * 1000,
         "cmd_to_loss_ms": (t_loss - t_cmd) * 1000,
         "whole_again": whole_again,  # >1: the node was whole, then lost rules again (re-wipe)
@@ -532,6 +564,7 @@ def analyse(events: dict[str, Any], eth1: int, t_cmd: float) -> dict[str, Any]:
         "loss_to_configured_ms": (t_configured - t_loss) * 1000 if t_configured else None,
         "configured_to_back_ms": (t_back - t_configured) * 1000 if t_configured else None,
         "overruns": events["overruns"],
+        "t_configured": t_configured,
     }
 
 
@@ -562,8 +595,41 @@ def rss(pid: int) -> dict[str, float]:
     return fields
 
 
+def timed_daemon_class() -> Any:
+    from tests.daemon import Daemon
+
+    class TimedDaemon(Daemon):  # type: ignore[misc]
+        """tests.daemon.Daemon that also notes when each log line arrived (time.monotonic)."""
+
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self.stamps: list[float] = []
+
+        def _read_log(self, proc: subprocess.Popen[str]) -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                t = time.monotonic()
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self.stamps.append(t)
+                    self._cond.notify_all()
+
+        def stamps_of(self, needle: str, start: int, until: float | None) -> list[float]:
+            with self._cond:
+                pairs = list(zip(self.stamps[start:], self.lines[start:], strict=True))
+            return [t for t, line in pairs if needle in line and (until is None or t <= until)]
+
+        def repair_stamps(self, start: int) -> list[tuple[float, dict[str, str]]]:
+            with self._cond:
+                pairs = list(zip(self.stamps[start:], self.lines[start:], strict=True))
+            return [(t, dict(kv.split("=", 1) for kv in line.split(" repair ", 1)[1].split()))
+                    for t, line in pairs if " repair trigger=" in line]
+
+    return TimedDaemon
+
+
 def part2(pod_counts: Sequence[int], iterations: dict[int, int]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from tests.daemon import Daemon, route_set, rule_set, wait_until
+    from tests.daemon import route_set, rule_set, wait_until
     from tests.lab import Lab, pod_ips
 
     out: dict[str, Any] = {}
@@ -583,7 +649,7 @@ def part2(pod_counts: Sequence[int], iterations: dict[int, int]) -> tuple[dict[s
                 return rule_set(lab, (4,)), route_set(lab, (2, 3))
 
             want = whole()
-            daemon = Daemon(lab, Path(tmp) / "state", log_level="info").start()
+            daemon = timed_daemon_class()(lab, Path(tmp) / "state", log_level="info").start()
             observer = Observer(lab)
             samples: list[dict[str, Any]] = []
             try:
@@ -595,14 +661,26 @@ def part2(pod_counts: Sequence[int], iterations: dict[int, int]) -> tuple[dict[s
                     lab.reconfigure("eth1")
                     # Block on the daemon's log (no polling subprocesses while the outage runs).
                     daemon.wait_log(r" repair trigger=", 15, start=mark)
-                    wait_until(lambda: whole() == want, 15, "the node to be whole again", interval=0.05)
+                    wait_until(lambda want=want: whole() == want, 15, "the node to be whole again", interval=0.05)
                     lab.wait_settled()
                     time.sleep(1.2)  # a second repair (routes) and the delayed snapshot save land here
-                    s = analyse(observer.dump(), enis[0].ifindex, t_cmd)
-                    repairs = daemon.repairs(mark)
-                    rule_repairs = [r for r in repairs if int(r["rules_restored"]) > 0]
+                    s = analyse(observer.dump(), enis[0].ifindex, enis[0].table, t_cmd)
+                    stamped = daemon.repair_stamps(mark)
+                    repairs = [r for _t, r in stamped]
+                    rule_repairs = [(t, r) for t, r in stamped if int(r["rules_restored"]) > 0]
                     s["repairs"] = repairs
-                    s["duration_ms"] = float(rule_repairs[0]["duration_ms"]) if rule_repairs else None
+                    s["duration_ms"] = float(rule_repairs[0][1]["duration_ms"]) if rule_repairs else None
+                    # The repair line is logged when the batch is done: its arrival minus duration_ms
+                    # is (about) when the replay started.
+                    s["configured_to_replay_ms"] = None
+                    if rule_repairs and s["t_configured"] is not None:
+                        t_line, r = rule_repairs[0]
+                        s["configured_to_replay_ms"] = (t_line - float(r["duration_ms"]) / 1000
+                                                        - s["t_configured"]) * 1000
+                    # How far behind the kernel the daemon's monitor was: its last "lost N protected
+                    # entries" line before the replay vs the last deletion the observer saw.
+                    lost_lines = daemon.stamps_of(" lost ", mark, rule_repairs[0][0] if rule_repairs else None)
+                    s["monitor_lag_ms"] = (lost_lines[-1] - s["t_last_del"]) * 1000 if lost_lines else None
                     s["rules_restored"] = sum(int(r["rules_restored"]) for r in repairs)
                     s["routes_restored"] = sum(int(r["routes_restored"]) for r in repairs)
                     samples.append(s)
@@ -611,7 +689,9 @@ def part2(pod_counts: Sequence[int], iterations: dict[int, int]) -> tuple[dict[s
                 if pods == pod_counts[-1]:
                     time.sleep(2.0)
                     pid = daemon_pid(daemon.proc) if daemon.proc else 0
-                    memory = {"pods": pods, "pid": pid, **rss(pid)}
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmdline = f.read().replace(b"\0", b" ").decode().strip()
+                    memory = {"pods": pods, "pid": pid, "cmdline": cmdline, **rss(pid)}
             finally:
                 observer.close()
                 daemon.close()
@@ -628,7 +708,8 @@ def _stat(xs: list[float | None]) -> dict[str, float | None]:
 
 def summarize(pods: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("outage_ms", "duration_ms", "configured_to_back_ms", "configuring_to_configured_ms",
-            "loss_to_configured_ms", "cmd_to_loss_ms")
+            "loss_to_configured_ms", "cmd_to_loss_ms", "configured_to_replay_ms", "monitor_lag_ms",
+            "routes_back_ms")
     stats = {k: _stat([s[k] for s in samples]) for k in keys}
     target = LATENCY_TARGET_MS.get(pods)
     p50 = stats["outage_ms"]["p50"]
@@ -637,6 +718,7 @@ def summarize(pods: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
         "iterations": len(samples),
         "rules_deleted": sorted({s["deleted"] for s in samples}),
         "rewipes": sum(1 for s in samples if s["whole_again"] > 1),
+        "routes_restored": sorted({s["routes_restored"] for s in samples}),
         "overruns": sum(s["overruns"] for s in samples),
         "stats": stats,
         "target_ms": target,
@@ -645,37 +727,61 @@ def summarize(pods: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _cell(st: dict[str, Any], k: str, q: str, width: int) -> str:
+    v = st[k][q]
+    return f"{v:.1f}".rjust(width) if v is not None else "-".rjust(width)
+
+
+PART2_COLUMNS = (  # header, key, quantile, width
+    ("outage p50", "outage_ms", "p50", 10),
+    ("max", "outage_ms", "max", 6),
+    ("nd cfg p50", "configuring_to_configured_ms", "p50", 10),
+    ("loss->cfg p50", "loss_to_configured_ms", "p50", 13),
+    ("cfg->back p50", "configured_to_back_ms", "p50", 13),
+    ("max", "configured_to_back_ms", "max", 6),
+    ("react p50", "configured_to_replay_ms", "p50", 9),
+    ("daemon p50", "duration_ms", "p50", 10),
+    ("max", "duration_ms", "max", 6),
+)
+
+
 def report_part2(res: dict[str, Any], memory: dict[str, Any]) -> None:
-    print("\n## Part 2: end-to-end repair after `networkctl reconfigure eth1` (real networkd in the lab)")
-    print("outage = first RTM_DELRULE of a protected rule -> last deleted rule re-added (independent observer,")
-    print("raw netlink monitor + D-Bus AdministrativeState in the lab netns); daemon = its own duration_ms")
-    hdr = (f"{'pods':>5} {'iter':>4} {'rules lost':>10} {'outage p50':>10} {'max':>7} {'daemon p50':>10} {'max':>6}"
-           f" {'nd cfg p50':>10} {'cfg->back p50':>13} {'max':>6}  target")
-    print(hdr)
-    print("-" * len(hdr))
+    print("\n## Part 2: end-to-end repair after `networkctl reconfigure eth1` (real networkd in the lab), ms")
+    hdr = f"{'pods':>5} {'iter':>4} {'lost':>5} " + " ".join(f"{h:>{w}}" for h, _k, _q, w in PART2_COLUMNS)
+    print(hdr + "  target")
+    print("-" * (len(hdr) + 24))
     for r in res.values():
         st = r["stats"]
-
-        def f(k: str, q: str, width: int) -> str:
-            v = st[k][q]
-            return f"{v:>{width}.1f}" if v is not None else f"{'-':>{width}}"
-
         verdict = "n/a" if r["target_pass"] is None else ("PASS" if r["target_pass"] else "MISS")
         lost = ",".join(str(x) for x in r["rules_deleted"])
-        print(f"{r['pods']:>5} {r['iterations']:>4} {lost:>10} {f('outage_ms', 'p50', 10)} {f('outage_ms', 'max', 7)}"
-              f" {f('duration_ms', 'p50', 10)} {f('duration_ms', 'max', 6)}"
-              f" {f('configuring_to_configured_ms', 'p50', 10)} {f('configured_to_back_ms', 'p50', 13)}"
-              f" {f('configured_to_back_ms', 'max', 6)}  p50<={r['target_ms']:.0f} ms {verdict}")
-    print("nd cfg = networkd's own configuring->configured for eth1; cfg->back = eth1 configured (D-Bus signal seen")
-    print("by the observer) -> all rules back: the repair after networkd settles, as the daemon waits by design.")
+        cells = " ".join(_cell(st, k, q, w) for _h, k, q, w in PART2_COLUMNS)
+        print(f"{r['pods']:>5} {r['iterations']:>4} {lost:>5} {cells}  outage p50<={r['target_ms']:.0f} {verdict}")
+    print("""\
+outage     first RTM_DELRULE of a protected rule -> every deleted rule re-added (RTM_NEWRULE seen for each),
+           timed by an independent observer in the lab netns (raw netlink monitor + D-Bus signals)
+nd cfg     networkd's own configuring -> configured for eth1 (AdministrativeState on D-Bus)
+loss->cfg  first rule lost -> eth1 configured: the part of the outage networkd itself takes
+cfg->back  eth1 configured -> all rules back: the repair once networkd has settled (the daemon waits
+           for that by design, so it is not wiped again half-way)
+react      eth1 configured -> the daemon's replay starts (its repair log line's arrival - duration_ms)
+daemon     the daemon's own duration_ms (plan + batch + acks) from its `repair` log line""")
+    print("Also measured (ms, p50 / max):")
     for r in res.values():
         st = r["stats"]
-        loss_cfg = st["loss_to_configured_ms"]["p50"]
-        print(f"  {r['pods']} pods: of the outage, {loss_cfg:.1f} ms (p50) pass before networkd reports eth1 "
-              f"configured; re-wipes after a repair: {r['rewipes']}; observer overruns: {r['overruns']}")
+
+        def pm(k: str, st: dict[str, Any] = st) -> str:
+            return f"{_cell(st, k, 'p50', 0)} / {_cell(st, k, 'max', 0)}"
+
+        print(f"  {r['pods']} pods: daemon monitor lag behind the last deletion {pm('monitor_lag_ms')}; "
+              f"eth1's table routes back {pm('routes_back_ms')} after the first rule loss "
+              f"(restored per reconfigure: {r['routes_restored']}); reconfigure command -> first loss "
+              f"{pm('cmd_to_loss_ms')}")
+        print(f"  {r['pods']} pods: protected rules lost per reconfigure {r['rules_deleted']}, "
+              f"re-wipes after a repair: {r['rewipes']}, observer overruns: {r['overruns']}")
     if memory:
         print("\n## Part 3: daemon idle memory")
         mb = memory["VmRSS"] * 1024 / 1e6
+        print(f"pid {memory['pid']}: {memory['cmdline'][:100]}")
         print(f"after the {memory['pods']}-pod runs, idle: VmRSS {memory['VmRSS']:.0f} kB = {mb:.1f} MB "
               f"({memory['VmRSS'] / 1024:.1f} MiB), VmHWM {memory['VmHWM'] / 1024:.1f} MiB, "
               f"RssAnon {memory.get('RssAnon', 0) / 1024:.1f} MiB; "
