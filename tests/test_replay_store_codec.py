@@ -20,9 +20,10 @@ from netd_hook.netlink import (
     RTM_NEWRULE,
     BatchResult,
     Encoder,
+    HostRoute,
+    LocalAddress,
+    Unsupported,
     decode,
-    decode_route,
-    decode_rule,
     encode_route,
     encode_rule,
 )
@@ -37,25 +38,56 @@ RULES = [*NODE_RULES, *pod_rules("10.1.1.5", 2), Rule(AF_INET6, 1536, 70000, src
 ROUTES = [*eni_routes(1), Route(AF_INET6, 3, "::/0", oif="eth1", gateway="fe80:ec2::1", priority=1024)]
 
 
+def _pyroute2_attrs(msg):
+    return {k: v for k, v in msg["attrs"]}
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.describe())
-def test_rule_request_round_trips(rule):
+def test_rule_request_round_trips_through_our_decoder_and_pyroute2s(rule):
     data = encode_rule(rule, RTM_NEWRULE, ADD_FLAGS, seq=7)
-    msg = fibmsg(data)
+    [(mtype, flags, seq, _p, item)] = list(decode(data, {}))
+    assert (mtype, flags, seq, item) == (RTM_NEWRULE, ADD_FLAGS, 7, rule)
+    msg = fibmsg(data)  # the independent reading
     msg.decode()
-    assert msg["header"]["type"] == RTM_NEWRULE and msg["header"]["flags"] == ADD_FLAGS
-    assert msg["header"]["sequence_number"] == 7 and msg["header"]["length"] == len(data)
-    assert decode_rule(msg) == rule
-    [(mtype, _f, seq, _p, item)] = list(decode(data, {}))
-    assert (mtype, seq, item) == (RTM_NEWRULE, 7, rule)
+    attrs = _pyroute2_attrs(msg)
+    assert msg["header"]["length"] == len(data) and msg["family"] == rule.family
+    assert attrs["FRA_PRIORITY"] == rule.priority and attrs["FRA_TABLE"] == rule.table
+    if rule.src:
+        assert f"{attrs['FRA_SRC']}/{msg['src_len']}" == rule.src
+    if rule.dst:
+        assert f"{attrs['FRA_DST']}/{msg['dst_len']}" == rule.dst
+    assert attrs.get("FRA_FWMARK") == rule.fwmark and attrs.get("FRA_IIFNAME") == rule.iifname
+    assert attrs.get("FRA_PROTOCOL", 0) == rule.protocol and msg["flags"] == rule.flags
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.describe())
-def test_route_request_round_trips(route):
+def test_route_request_round_trips_through_our_decoder_and_pyroute2s(route):
     data = encode_route(route, 3, RTM_NEWROUTE, ADD_FLAGS)
+    [(_t, _f, _s, _p, item)] = list(decode(data, {3: "eth1"}))
+    assert item == route
     msg = rtmsg(data)
     msg.decode()
-    assert msg.get_attr("RTA_OIF") == 3
-    assert decode_route(msg, {3: "eth1"}) == route
+    attrs = _pyroute2_attrs(msg)
+    assert attrs["RTA_OIF"] == 3 and attrs["RTA_TABLE"] == route.table
+    assert attrs.get("RTA_GATEWAY") == route.gateway and attrs.get("RTA_PRIORITY") == route.priority
+
+
+def test_decoder_sorts_host_routes_local_addresses_and_unsupported_attributes():
+    names = {4: "eni1", 3: "eth1"}
+    host = Route(2, 254, "10.1.1.5/32", oif="eni1", scope=253)
+    local = Route(2, 255, "10.0.1.10/32", oif="eth1", type=2, scope=254, protocol=2)
+    via_gw = Route(2, 254, "10.9.0.0/32", oif="eni1", gateway="10.0.1.1")
+    out = [item for data in (encode_route(host, 4, RTM_NEWROUTE, 0), encode_route(local, 3, RTM_NEWROUTE, 0),
+                             encode_route(via_gw, 4, RTM_NEWROUTE, 0))
+           for *_rest, item in decode(data, names)]
+    assert out == [HostRoute("10.1.1.5", "eni1"), LocalAddress("10.0.1.10", "eth1"), None]
+    fancy = fibmsg()
+    fancy["family"], fancy["action"] = 2, 1
+    fancy["attrs"] = [("FRA_PRIORITY", 9), ("FRA_TABLE", 2), ("FRA_UID_RANGE", "1000:2000")]
+    fancy["header"]["type"] = RTM_NEWRULE
+    fancy.encode()
+    [(*_rest, item)] = list(decode(bytes(fancy.data), {}))
+    assert item == Unsupported("rule with ['uid_range']")
 
 
 def test_encoder_caches_and_reencodes_routes_when_the_device_index_changes():
@@ -191,3 +223,11 @@ def test_notifier_sends_datagrams(tmp_path: Path):
 def test_delete_requests_are_dels():
     data = encode_rule(NODE_RULES[1], RTM_DELRULE, 5)
     assert list(decode(data, {}))[0][0] == RTM_DELRULE
+
+
+def test_detached_flags_are_not_part_of_a_rules_identity():
+    rule = Rule(2, 10, 109, iifname="vlan9", flags=2)
+    data = bytearray(encode_rule(rule, RTM_NEWRULE, 0))
+    data[16 + 8] |= 0x8  # fib_rule_hdr.flags |= FIB_RULE_IIF_DETACHED, as a dump reports it
+    [(*_rest, item)] = list(decode(bytes(data), {}))
+    assert item == rule
