@@ -212,9 +212,8 @@ def decode_rule(data: bytes | memoryview, offset: int, end: int) -> Rule | Unsup
     """One RTM_NEWRULE/RTM_DELRULE body (after the nlmsghdr at `offset`)."""
     family, dst_len, src_len, tos, table, _r1, _r2, action, flags = _RULE_HDR.unpack_from(data, offset)
     a = _attrs(data, offset + _RULE_HDR.size, end)
-    bad = sorted(name for kind, name in UNSUPPORTED_RULE_ATTRS.items() if kind in a)
-    if bad:
-        return Unsupported(f"rule with {bad}")
+    if not UNSUPPORTED_RULE_ATTRS.keys().isdisjoint(a):
+        return Unsupported(f"rule with {sorted(n for k, n in UNSUPPORTED_RULE_ATTRS.items() if k in a)}")
     src = _addr(family, a.get(FRA_SRC))
     dst = _addr(family, a.get(FRA_DST))
     l3mdev = a.get(FRA_L3MDEV)
@@ -261,8 +260,8 @@ def decode_route(data: bytes | memoryview, offset: int, end: int, names: Mapping
         return None
     if table in RESERVED_TABLES:
         return None
-    bad = sorted(name for kind, name in UNSUPPORTED_ROUTE_ATTRS.items() if kind in a)
-    if bad:
+    if not UNSUPPORTED_ROUTE_ATTRS.keys().isdisjoint(a):
+        bad = sorted(n for k, n in UNSUPPORTED_ROUTE_ATTRS.items() if k in a)
         return Unsupported(f"route in table {table} with {bad}")
     if oif_index is not None and oif is None:
         return Unsupported(f"route in table {table} on unknown ifindex {oif_index}")

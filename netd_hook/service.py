@@ -129,8 +129,7 @@ class Service:
 
     async def _monitor(self, sock: Any) -> None:
         async for changes in netlink.monitor(sock, self.tracker.links):
-            for change in changes:
-                self.tx.send_nowait(change)
+            self.tx.send_nowait(changes)  # one list per wake-up: a wipe is thousands of messages
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -162,6 +161,7 @@ class Service:
                     events.append(self.rx.receive_nowait())
                 except anyio.WouldBlock:
                     break
+            events = _flatten(events)
             now = anyio.current_time()
             await self._handle(events, now)
             if self.wake_at is not None and now >= self.wake_at:
@@ -232,7 +232,7 @@ class Service:
                 break
         held.extend(netlink.read_available(self.mon, self.tracker.links))
         lost: dict[str, int] = {}
-        for ev in held:
+        for ev in _flatten(held):
             if isinstance(ev, Change):
                 self._apply(ev, lost)  # what they lost is in the plan about to be made
             else:
@@ -271,9 +271,10 @@ class Service:
             if st != "unmanaged" and i in self.tracker.links
         )
 
-    def _plan(self) -> Plan:
+    def _plan(self, trust_routes: bool = True) -> Plan:
         t = self.tracker
-        return plan(t.snapshot(), t.present_rules, t.present_routes, t.liveness(self._managed()), self.set_aside)
+        routes = t.present_routes if trust_routes else ()
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.set_aside)
 
     async def _resync(self) -> Plan:
         self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, self.dump_sock))
@@ -288,7 +289,10 @@ class Service:
     async def _replay(self, trigger: str) -> None:
         started = time.perf_counter()
         self._catch_up()
-        p = self._plan()
+        # After networkd reconfigured a link, the kernel has flushed that link's table routes
+        # without a word (networkd re-adds its address): send every protected route along in
+        # this first batch. They are few, and EEXIST counts as present.
+        p = self._plan(trust_routes=not self.state.verify)
         dead = [s.entry for s in p.skipped if s.dead]
         for s in p.skipped:
             log.info("not restoring %s: %s", s.entry.describe(), s.reason)
@@ -384,6 +388,17 @@ class Service:
 @dataclass(frozen=True, slots=True)
 class _Startup:
     pass
+
+
+def _flatten(events: list[Any]) -> list[Any]:
+    """The monitor sends lists of changes (None marks an overrun); everything else one by one."""
+    out: list[Any] = []
+    for ev in events:
+        if isinstance(ev, list):
+            out.extend(ev)
+        else:
+            out.append(ev)
+    return out
 
 
 def _params(cfg: configmod.Config) -> decide.Params:

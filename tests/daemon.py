@@ -4,6 +4,7 @@ Shared by the integration tests, the demo and the benchmark."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -90,7 +91,8 @@ class Daemon:
             self.wait_note("READY=1", timeout)
         except AssertionError:
             self.stop(check=False)
-            raise AssertionError("daemon never sent READY=1; log:\n" + self.log()) from None
+            raise AssertionError(f"daemon never sent READY=1 to {sock_path} (exists: {os.path.exists(sock_path)}, "
+                                 f"notes: {self.notes}); log:\n" + self.log()) from None
         return self
 
     def _read_log(self, proc: subprocess.Popen) -> None:
