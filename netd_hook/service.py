@@ -23,7 +23,7 @@ from . import config as configmod
 from . import decide, netlink, store
 from .journal import Notifier, RepairRecord, watchdog_interval
 from .model import Entry, Route, Rule
-from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link
+from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkError
 from .networkd import BusCounters, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
@@ -163,7 +163,13 @@ class Service:
                     break
             events = _flatten(events)
             now = anyio.current_time()
-            await self._handle(events, now)
+            try:
+                await self._handle(events, now)
+            except NetlinkError as exc:
+                # A batch or dump that failed outright: the next verification starts over.
+                log.error("netlink error: %s; will re-read the kernel", exc)
+                self.state = replace(self.state, busy=False)
+                await self._step(decide.Suspect("netlink-error"))
             if self.wake_at is not None and now >= self.wake_at:
                 self.wake_at = None
                 await self._step(decide.Tick())
