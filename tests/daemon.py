@@ -13,24 +13,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tests.lab import Lab
+from tests.lab import Lab, wait_until
+
+__all__ = ["Daemon", "ROOT", "prefs", "route_set", "rule_set", "wait_until"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def rule_set(lab: Lab, families: Iterable[int] = (4, 6)) -> frozenset:

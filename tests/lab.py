@@ -117,6 +117,19 @@ def host_veth_name(key: str) -> str:
     return "eni" + hashlib.sha1(key.encode()).hexdigest()[:11]
 
 
+def wait_until(pred, timeout: float = 10.0, what: str = "condition", interval: float = 0.02,
+               error: type = AssertionError):
+    """Poll `pred` until it returns something truthy (test harness only: the daemon never polls)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -477,14 +490,7 @@ class Lab:
         return r.stdout.split('"')[1] if '"' in r.stdout else None
 
     def _wait(self, pred, timeout: float, what: str, interval: float = 0.05):
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise LabError(f"timeout ({timeout}s) waiting for {what}")
-            time.sleep(interval)
+        return wait_until(pred, timeout, what, interval, error=LabError)
 
     def start_networkd(self, wait: bool = True, timeout: float = 15) -> None:
         if self.networkd_pid is not None:
