@@ -12,7 +12,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkEr
 from .networkd import BusCounters, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
-from .replay import execute
+from .replay import Outcome, execute
 from .track import Cause, Tracker, classify
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,9 @@ class Service:
                 self.save_at = now + SAVE_DELAY
             if self.save_at is not None and now >= self.save_at:
                 self.save_at = None
-                await anyio.to_thread.run_sync(self._save)
+                version, snap = self.tracker.version, self.tracker.snapshot()  # on the loop: no races
+                await anyio.to_thread.run_sync(store.save, self.state_dir, snap)
+                self.saved_version = version
 
     async def _handle(self, events: list[Any], now: float) -> None:
         # Netlink changes are folded into one Lost per run of changes, so a burst of thousands
@@ -324,7 +326,7 @@ class Service:
             return
         self._record(trigger, started, p, out)
 
-    def _record(self, trigger: str, started: float, p: Plan, out: Any) -> None:
+    def _record(self, trigger: str, started: float, p: Plan, out: Outcome | None) -> None:
         dead = sum(1 for s in p.skipped if s.dead)
         self.counters.skipped_dead += dead
         rec = RepairRecord(
@@ -359,6 +361,7 @@ class Service:
             self.encoder.retain(self.tracker.rules | self.tracker.routes)
 
     def _save(self) -> None:
+        """Synchronous: at start and at exit only (the loop writes from a worker thread)."""
         version = self.tracker.version
         store.save(self.state_dir, self.tracker.snapshot())
         self.saved_version = version
@@ -386,9 +389,6 @@ class Service:
         if self.last_repair:
             s += f"; last: {self.last_repair.trigger} +{self.last_repair.rules_restored} rules"
         return s
-
-    def counters_dict(self) -> dict[str, Any]:
-        return {**asdict(self.counters), **asdict(self.bus)}
 
 
 @dataclass(frozen=True, slots=True)
