@@ -46,6 +46,7 @@ class Counters:
     rollbacks: int = 0
     losses: dict[str, int] = field(default_factory=dict)  # repairable losses by cause
     forgotten_deliberate: int = 0  # deletions by others (the CNI): never replayed
+    orphans_removed: int = 0  # rules we had restored for a pod that then went away
     monitor_overruns: int = 0
 
 
@@ -173,6 +174,8 @@ class Service:
             if self.wake_at is not None and now >= self.wake_at:
                 self.wake_at = None
                 await self._step(decide.Tick())
+            if self.tracker.orphans:
+                await self._remove_orphans()
             if self.tracker.fresh:
                 self._warm()
             if self.tracker.version != self.saved_version and self.save_at is None:
@@ -346,6 +349,16 @@ class Service:
         self.counters.repairs += 1
         log.warning("%s", rec.line())
         self.notifier.send(status=self._status())
+
+    async def _remove_orphans(self) -> None:
+        orphans, self.tracker.orphans = self.tracker.orphans, []
+        result = await self.writer.send([netlink.delete_request(r, None) for r in orphans],
+                                        self.cfg.replay.ack_timeout_ms / 1000)
+        self.counters.orphans_removed += len(result.acked)
+        for rule in orphans:
+            log.warning("removed %s: netd-hook had restored it, and its pod is gone", rule.describe())
+        if result.failed or result.unknown:
+            log.error("removing restored rules of gone pods: %s", result.unknown or result.failed)
 
     def _add_request(self, entry: Entry) -> bytes | None:
         return self.encoder.add_request(entry, self.tracker.ifindex)

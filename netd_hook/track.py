@@ -55,6 +55,8 @@ class Tracker:
         self.host_routes: dict[str, set[str]] = {}
         self.local_addresses: dict[str, set[str]] = {}
         self.node_addresses: dict[str, set[str]] = {}  # ever configured, on devices that still exist
+        self.restored: dict[str, set[Rule]] = {}  # pod rules in the kernel because we replayed them
+        self.orphans: list[Rule] = []  # of those, the ones whose pod is gone: delete them
         self.unsupported = 0
         self.version = 0  # bumped whenever the snapshot changes (persist)
         self.fresh: list[Entry] = [*self.rules, *self.routes]  # newly protected: encode their requests
@@ -119,6 +121,8 @@ class Tracker:
         for addr in [a for a, devs in self.node_addresses.items() if not devs & set(self.links.values())]:
             del self.node_addresses[addr]
         self.unsupported = dump.unsupported
+        for addr in list(self.restored):  # pods that went away between two views
+            self._orphan(addr)
         for rule in dump.rules:
             self._protect_rule(rule)
         for route in dump.routes:
@@ -128,6 +132,7 @@ class Tracker:
         """Apply one notification; True when it is a repairable loss of a protected entry."""
         item = change.item
         if isinstance(item, Rule):
+            self._mark_restored(item, change.new and cause is Cause.SELF)
             if change.new:
                 self.present_rules.add(item)
                 self._protect_rule(item)
@@ -143,6 +148,8 @@ class Tracker:
             return self._lost(item, cause)
         if isinstance(item, HostRoute):
             _update(self.host_routes, item.addr, item.oif, change.new)
+            if not change.new:
+                self._orphan(item.addr)
         elif isinstance(item, LocalAddress):
             _update(self.local_addresses, item.addr, item.oif, change.new)
             if change.new:
@@ -156,6 +163,28 @@ class Tracker:
         elif isinstance(item, Unsupported):
             self.unsupported += 1
         return False
+
+    def _mark_restored(self, rule: Rule, ours: bool) -> None:
+        """Remember the pod rules netd-hook itself put back, until anyone else touches them."""
+        addr = rule.host_address()
+        if addr is None:
+            return
+        if ours:
+            self.restored.setdefault(addr, set()).add(rule)
+        elif addr in self.restored:
+            self.restored[addr].discard(rule)
+            if not self.restored[addr]:
+                del self.restored[addr]
+
+    def _orphan(self, addr: str) -> None:
+        """The pod behind `addr` is gone. If its rules are in the kernel only because netd-hook
+        replayed them (networkd wiped them, the CNI's own deletes then found nothing and the
+        pod went away before or during the replay), take them out again: the CNI will not."""
+        if addr in self.host_routes or addr in self.local_addresses:
+            return
+        rules = self.restored.pop(addr, set())
+        self.orphans.extend(r for r in rules if r in self.present_rules)
+        self.forget(rules)
 
     def _lost(self, entry: Entry, cause: Cause) -> bool:
         if not self.protects(entry):
@@ -175,6 +204,7 @@ class Tracker:
         for table in (self.host_routes, self.local_addresses, self.node_addresses):
             for addr in [a for a, devs in table.items() if link.name in devs]:
                 _update(table, addr, link.name, False)
+                self._orphan(addr)
 
     def ifindex(self, name: str) -> int | None:
         for index, n in self.links.items():

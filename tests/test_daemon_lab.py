@@ -231,3 +231,21 @@ def test_watchdog_pings_and_sighup_reloads_or_keeps_the_running_config(node, tmp
         wait_until(lambda: 1024 in prefs(rule_set(node)), 5, "the 1024 rule to be protected after the reload")
     finally:
         d.close()
+
+
+def test_a_pod_gone_right_after_we_restored_its_rules_does_not_keep_them(node, daemon):
+    """The race the liveness gate alone cannot close: networkd wipes, the CNI's DEL finds the
+    rules already gone (no notification names the CNI), the replay puts them back, then the
+    pod's veth goes. netd-hook takes out what it restored; rules it did not restore stay."""
+    mark = daemon.mark()
+    node.reconfigure("eth1")
+    daemon.wait_log(r" repair trigger=", start=mark)
+    node.add_pod("10.1.2.7", 2)  # added by "the CNI" after the repair: not netd-hook's
+    node.run("ip", "link", "del", node.pods.pop("10.1.1.6").veth)
+    node.run("ip", "link", "del", node.pods.pop("10.1.2.7").veth)
+    try:
+        wait_until(lambda: not [r for r in rule_set(node) if "10.1.1.6" in str(r)], 5, "10.1.1.6's rules to go")
+    except AssertionError:
+        raise AssertionError(daemon.log()) from None
+    daemon.wait_log(r"removed pref 1536 from 10\.1\.1\.6/32 lookup 2: netd-hook had restored it")
+    assert len([r for r in rule_set(node) if "10.1.2.7" in str(r)]) == 2  # not ours to remove

@@ -136,3 +136,33 @@ def test_the_address_coming_back_is_a_reason_to_replay_and_its_device_going_away
     assert "10.0.1.10" not in t.node_addresses
     p = plan(t.snapshot(), t.present_rules, t.present_routes, t.liveness(frozenset()))
     assert [s.dead for s in p.skipped if s.entry == NODE_RULES[2]] == [True]
+
+
+def test_rules_we_restored_for_a_pod_that_then_goes_away_are_taken_out_again():
+    t = _tracker()
+    rule512, rule1536 = pod_rules("10.1.1.5", 2)
+    for r in (rule512, rule1536):  # networkd wipes, we replay
+        t.apply(Change(False, r, NETWORKD_PORT), Cause.NETWORKD)
+        t.apply(Change(True, r, OUR_PORT), Cause.SELF)
+    t.apply(Change(False, HostRoute("10.1.1.5", "eni1"), 0), Cause.KERNEL)  # the pod's veth is gone
+    assert sorted(t.orphans, key=lambda r: r.priority) == [rule512, rule1536]
+    assert rule512 not in t.rules and rule1536 not in t.rules
+
+
+def test_rules_someone_else_added_are_never_ours_to_remove():
+    t = _tracker()
+    rule512, rule1536 = pod_rules("10.1.1.5", 2)
+    t.apply(Change(False, rule512, NETWORKD_PORT), Cause.NETWORKD)
+    t.apply(Change(True, rule512, OUR_PORT), Cause.SELF)
+    t.apply(Change(True, rule512, CNI_PORT), Cause.OTHER)  # the CNI re-asserted it (EEXIST or a new pod)
+    t.apply(Change(False, Link(4, "eni1"), 0), Cause.KERNEL)
+    assert t.orphans == []
+
+
+def test_a_pod_that_vanished_between_two_dumps_is_an_orphan_too():
+    t = _tracker()
+    rule512, _ = pod_rules("10.1.1.5", 2)
+    t.apply(Change(False, rule512, NETWORKD_PORT), Cause.NETWORKD)
+    t.apply(Change(True, rule512, OUR_PORT), Cause.SELF)
+    t.load(Dump(rules=[rule512], links=[Link(2, "eth0")]))  # no host route for 10.1.1.5 any more
+    assert t.orphans == [rule512]
