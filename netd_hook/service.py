@@ -23,7 +23,7 @@ from . import config as configmod
 from . import decide, netlink, store
 from .journal import Notifier, RepairRecord, watchdog_interval
 from .model import Entry, Route, Rule
-from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkError
+from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkError, Unsupported
 from .networkd import BusCounters, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
@@ -75,6 +75,7 @@ class Service:
         self.saved_version = -1
         self.last_repair: RepairRecord | None = None
         self.backlog: list[Any] = []  # events set aside by _catch_up, handled first
+        self.unsupported_seen: set[str] = set()
         self.tracker: Tracker
         tx, rx = anyio.create_memory_object_stream[Any](math.inf)
         self.tx: MemoryObjectSendStream[Any] = tx
@@ -220,6 +221,9 @@ class Service:
         await self._flush(lost)
 
     def _apply(self, ev: Change, lost: dict[str, int]) -> None:
+        if isinstance(ev.item, Unsupported) and ev.item.what not in self.unsupported_seen:
+            self.unsupported_seen.add(ev.item.what)  # once per kind: counted by the tracker
+            log.info("not protecting a %s (netd-hook cannot re-create it faithfully)", ev.item.what)
         cause = classify(ev.port, self.own_ports, self.ports)
         if self.tracker.apply(ev, cause):
             lost[cause.value] = lost.get(cause.value, 0) + 1

@@ -42,10 +42,11 @@ class RuleWatch:
     def mark(self) -> int:
         return len(self.events)
 
-    def outage(self, start: int) -> tuple[list[str], list[str], float]:
+    def outage(self, start: int, exclude: str = "\0") -> tuple[list[str], list[str], float]:
         """(lost, restored, seconds from the first deletion to the last re-add)."""
         evs = self.events[start:]
-        lost = [w for _, d, w in evs if d and (" lookup " in w or " table " in w) and "proto kernel" not in w]
+        lost = [w for _, d, w in evs
+                if d and (" lookup " in w or " table " in w) and "proto kernel" not in w and exclude not in w]
         dels = [t for t, d, w in evs if d and w in lost]
         back = [t for t, d, w in evs if not d and w in lost]
         restored = [w for _, d, w in evs if not d and w in lost]
@@ -56,9 +57,9 @@ def step(title: str) -> None:
     print(f"\n{BOLD}== {title}{RESET}")
 
 
-def show(watch: RuleWatch, mark: int, daemon: Daemon, dmark: int) -> None:
+def show(watch: RuleWatch, mark: int, daemon: Daemon, dmark: int, exclude: str = "\0") -> None:
     time.sleep(0.3)
-    lost, restored, secs = watch.outage(mark)
+    lost, restored, secs = watch.outage(mark, exclude)
     print(f"   networkd removed {RED}{len(lost)}{RESET} rules/routes, e.g.:")
     for w in lost[:4]:
         print(f"     {DIM}- {w}{RESET}")
@@ -127,7 +128,7 @@ def main() -> int:
             back = [r for r in rule_set(lab, (4,)) if gone in str(r)]
             print(f"   pod {gone}: {'rules came back: BUG' if back else GREEN + 'stays deleted' + RESET} "
                   "(netd-hook tells the CNI's deletions from networkd's by the netlink port that made them)")
-            show(watch, m, daemon, dm)
+            show(watch, m, daemon, dm, exclude=f" {gone} ")
         finally:
             daemon.stop(check=False)
             watch.proc.terminate()
