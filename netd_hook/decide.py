@@ -149,7 +149,11 @@ def _apply(state: State, event: Event, now: float) -> State:
         s = replace(state, links={**state.links, event.index: event.state})
         if event.state in BUSY_STATES:
             what = "link-added" if event.index not in state.links else "reconfigure"
-            s = _cause(replace(s, verify=True), f"{what}:{event.name or event.index}")
+            s = _cause(s, f"{what}:{event.name or event.index}")
+        if event.state == "configuring":
+            # The wipe happens while a link is configured. A new pod veth only passes through
+            # pending on its way to unmanaged: no reason to re-read the kernel for that.
+            s = replace(s, verify=True)
         return s
     if isinstance(event, LinkRemoved):
         if event.index not in state.links:
@@ -169,7 +173,11 @@ def _apply(state: State, event: Event, now: float) -> State:
 
 
 def _drive(state: State, now: float) -> tuple[State, list[Action]]:
-    if state.busy or not (state.lost or state.verify):
+    if state.busy:
+        return state, []
+    if not (state.lost or state.verify):
+        if state.trigger and settled(state, now):
+            return replace(state, trigger=None), []  # the busy spell passed without a loss
         return state, []
     if not settled(state, now):
         if state.owner is None:

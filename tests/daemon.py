@@ -77,7 +77,8 @@ class Daemon:
         self.proc = self.lab.popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                    cwd=str(ROOT))
         threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
-        threading.Thread(target=self._read_notify, args=(self._notify,), daemon=True).start()
+        self._notify_reader = threading.Thread(target=self._read_notify, args=(self._notify,), daemon=True)
+        self._notify_reader.start()
         try:
             self.wait_note("READY=1", timeout)
         except AssertionError:
@@ -98,6 +99,8 @@ class Daemon:
             try:
                 data = sock.recv(65536)
             except OSError:
+                return
+            if not data:  # shutdown() by stop()
                 return
             with self._cond:
                 self.notes.extend(data.decode().split("\n"))
@@ -152,6 +155,11 @@ class Daemon:
             p.kill()
             rc = p.wait()
         elapsed = time.monotonic() - started
+        # Wake the reader with an empty read and wait for it before closing: closing under a
+        # blocked recv() lets the fd number be reused by the next Daemon's socket, and the old
+        # thread would then steal that one's READY=1.
+        self._notify.shutdown(socket.SHUT_RDWR)
+        self._notify_reader.join(5)
         self._notify.close()
         if check:
             assert rc == 0, f"exit status {rc}; log:\n{self.log()}"

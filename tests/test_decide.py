@@ -152,3 +152,15 @@ def test_settled_requires_listing_for_the_current_owner():
         assert not settled(step(state, LinkChanged(A, 1, busy), 0.0)[0], 0.0)
     for final in ("configured", "unmanaged", "failed", "linger"):
         assert settled(step(state, LinkChanged(A, 1, final), 0.0)[0], 0.0)
+
+
+def test_a_pod_veth_appearing_costs_no_verification_and_leaves_no_stale_trigger():
+    state, out = run(up(), [(1.0, LinkChanged(A, 40, "pending", "eni0a1b2c3d4e5")),
+                            (1.01, LinkChanged(A, 40, "unmanaged")), (9.0, Lost(1, "kernel"))])
+    assert out == [(9.0, Replay("kernel"))]
+
+
+def test_configuring_asks_for_a_verification_once_settled():
+    _, out = run(up(), [(1.0, LinkChanged(A, 1, "initialized", "eth1")), (1.01, LinkChanged(A, 1, "configuring")),
+                        (1.05, LinkChanged(A, 1, "configured"))])
+    assert out == [(1.05, Verify("reconfigure:eth1"))]
