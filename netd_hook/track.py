@@ -113,20 +113,22 @@ class Tracker:
         self.present_routes = set(dump.routes)
         self.host_routes = {}
         for h in dump.host_routes:
-            self.host_routes.setdefault(h.addr, set()).add(h.oif)
+            _update(self.host_routes, h.addr, h.oif, True)
         self.local_addresses = {}
         for a in dump.local_addresses:
-            self.local_addresses.setdefault(a.addr, set()).add(a.oif)
-            self.node_addresses.setdefault(a.addr, set()).add(a.oif)
-        for addr in [a for a, devs in self.node_addresses.items() if not devs & set(self.links.values())]:
+            _update(self.local_addresses, a.addr, a.oif, True)
+            _update(self.node_addresses, a.addr, a.oif, True)
+        devices = set(self.links.values())
+        for addr in [a for a, devs in self.node_addresses.items() if not devs & devices]:
             del self.node_addresses[addr]
         self.unsupported = dump.unsupported
-        for addr in list(self.restored):  # pods that went away between two views
-            self._orphan(addr)
         for rule in dump.rules:
             self._protect_rule(rule)
         for route in dump.routes:
             self._protect_route(route)
+        # After merging: an orphan's rules are in the dump, and must end up forgotten, not re-protected.
+        for addr in list(self.restored):  # pods that went away between two views
+            self._orphan(addr)
 
     def apply(self, change: Change, cause: Cause) -> bool:
         """Apply one notification; True when it is a repairable loss of a protected entry."""
