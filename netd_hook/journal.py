@@ -68,18 +68,12 @@ class RepairRecord:
     duration_ms: float
     networkd_owner: str
 
+    def _items(self) -> list[tuple[str, str]]:
+        return [(k, f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in asdict(self).items()]
+
     def fields(self) -> dict[str, str]:
         """NETD_HOOK_* journald fields."""
-        return {
-            f"NETD_HOOK_{k.upper()}": (f"{v:.1f}" if isinstance(v, float) else str(v))
-            for k, v in asdict(self).items()
-        }
+        return {f"NETD_HOOK_{k.upper()}": v for k, v in self._items()}
 
     def line(self) -> str:
-        return (
-            f"repair trigger={self.trigger} rules_restored={self.rules_restored} "
-            f"routes_restored={self.routes_restored} already_present={self.already_present} "
-            f"skipped_dead={self.skipped_dead} skipped_other={self.skipped_other} set_aside={self.set_aside} "
-            f"rollbacks={self.rollbacks} batches={self.batches} duration_ms={self.duration_ms:.1f} "
-            f"networkd_owner={self.networkd_owner}"
-        )
+        return "repair " + " ".join(f"{k}={v}" for k, v in self._items())

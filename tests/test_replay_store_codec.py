@@ -231,3 +231,13 @@ def test_detached_flags_are_not_part_of_a_rules_identity():
     data[16 + 8] |= 0x8  # fib_rule_hdr.flags |= FIB_RULE_IIF_DETACHED, as a dump reports it
     [(*_rest, item)] = list(decode(bytes(data), {}))
     assert item == rule
+
+
+def test_repair_record_line_and_journal_fields_come_from_the_same_data():
+    from netd_hook.journal import RepairRecord
+
+    rec = RepairRecord("reconfigure:eth1", 13, 1, 0, 0, 0, 0, 0, 1, 0.71, ":1.1")
+    assert rec.line() == ("repair trigger=reconfigure:eth1 rules_restored=13 routes_restored=1 already_present=0 "
+                          "skipped_dead=0 skipped_other=0 set_aside=0 rollbacks=0 batches=1 duration_ms=0.7 "
+                          "networkd_owner=:1.1")
+    assert rec.fields()["NETD_HOOK_RULES_RESTORED"] == "13" and rec.fields()["NETD_HOOK_DURATION_MS"] == "0.7"
