@@ -462,18 +462,18 @@ def _recv(sock: socket.socket, size: int = 1 << 18) -> bytes | None:
         return None
 
 
-def dump_sync(sock: socket.socket, names: dict[int, str] | None = None, attempts: int = 5) -> Dump:
+def dump_sync(sock: socket.socket, attempts: int = 5) -> Dump:
     """Links, then IPv4/IPv6 rules and routes. Blocking: run it in a worker thread."""
-    names = {} if names is None else names
+    names: dict[int, str] = {}  # its own: the links come first, so routes resolve their devices
     for _ in range(attempts):
         dump = Dump()
         interrupted = False
         requests = (
-            (RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0)),
-            (RTM_GETRULE, struct.pack("=BBBBBBBBI", AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
-            (RTM_GETRULE, struct.pack("=BBBBBBBBI", AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)),
-            (RTM_GETROUTE, struct.pack("=BBBBBBBBI", AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
-            (RTM_GETROUTE, struct.pack("=BBBBBBBBI", AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETLINK, _IFI_HDR.pack(0, 0, 0, 0, 0)),
+            (RTM_GETRULE, _RULE_HDR.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETRULE, _RULE_HDR.pack(AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETROUTE, _RT_HDR.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)),
+            (RTM_GETROUTE, _RT_HDR.pack(AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)),
         )
         for seq, (mtype, body) in enumerate(requests, start=1):
             sock.setblocking(True)
