@@ -577,10 +577,6 @@ class BatchWriter:
         self.sock = sock
         self._seq = 1
 
-    @property
-    def port(self) -> int:
-        return port_of(self.sock)
-
     async def send(self, messages: Sequence[bytes], timeout: float) -> BatchResult:
         result = BatchResult()
         n = len(messages)
