@@ -44,6 +44,8 @@ class Config:
     replay: Replay = field(default_factory=Replay)
     log_level: str = "info"
     state_dir: Path = DEFAULT_STATE_DIR
+    # Prometheus text file (node_exporter's textfile collector); None: <runtime-dir>/metrics.prom
+    metrics_textfile: Path | None = None
     source: str = "<defaults>"
 
 
@@ -115,7 +117,7 @@ def _section(path: str, doc: dict[str, Any], name: str, allowed: set[str]) -> di
 
 
 def parse(doc: dict[str, Any], path: str) -> Config:
-    top = {"log_level", "state_dir", "scope", "replay"}
+    top = {"log_level", "state_dir", "scope", "replay", "metrics"}
     for key in doc:
         if key not in top:
             raise _err(path, key, doc[key], f"is not a known key (known: {sorted(top)})")
@@ -150,7 +152,13 @@ def parse(doc: dict[str, Any], path: str) -> Config:
     state_dir = doc.get("state_dir", str(DEFAULT_STATE_DIR))
     if not isinstance(state_dir, str) or not state_dir.startswith("/"):
         raise _err(path, "state_dir", state_dir, "is not an absolute path")
-    return Config(scope=scope, replay=replay, log_level=log_level, state_dir=Path(state_dir), source=path)
+    msec = _section(path, doc, "metrics", {"textfile"})
+    textfile = msec.get("textfile")
+    if textfile is not None and (not isinstance(textfile, str) or not textfile.startswith("/")
+                                 or not textfile.endswith(".prom")):
+        raise _err(path, "[metrics] textfile", textfile, 'is not an absolute path ending in ".prom"')
+    return Config(scope=scope, replay=replay, log_level=log_level, state_dir=Path(state_dir),
+                  metrics_textfile=Path(textfile) if textfile else None, source=path)
 
 
 def load(path: Path | None) -> Config:

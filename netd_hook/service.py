@@ -8,11 +8,13 @@ Callbacks only enqueue; this module's single loop does the work.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import config as configmod
-from . import decide, netlink, store
+from . import decide, metrics, netlink, ops, status, store
 from .journal import Notifier, RepairRecord, watchdog_interval
 from .model import Entry, Route, Rule
 from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkError, Unsupported
@@ -33,6 +35,8 @@ from .track import Cause, Tracker, classify
 log = logging.getLogger(__name__)
 
 SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync
+PUBLISH_INTERVAL = 0.5  # status.json and metrics during pod churn; changes that matter go out at once
+HEARTBEAT = 30.0  # re-publish this often even when nothing changed (doctor calls older "stale")
 MONITOR_RCVBUF = 32 << 20  # a wipe of 10,000 rules must not overrun the monitor
 
 
@@ -48,6 +52,7 @@ class Counters:
     forgotten_deliberate: int = 0  # deletions by others (the CNI): never replayed
     orphans_removed: int = 0  # rules we had restored for a pod that then went away
     monitor_overruns: int = 0
+    repairs_by_trigger: dict[str, int] = field(default_factory=dict)  # trigger kind: "reconfigure", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +62,21 @@ class Reload:
 
 class Service:
     def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
-                 bus_address: str | None = None, inject_fault: int = 0) -> None:
+                 bus_address: str | None = None, inject_fault: int = 0,
+                 runtime_dir: Path = status.DEFAULT_RUNTIME_DIR) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.state_dir = cfg.state_dir
+        self.runtime_dir = runtime_dir
+        self.started_at = time.time()
+        self.generation = 0  # networkd bus owners seen; a restart starts a new generation
+        self.networkd_pid: int | None = None
+        self.outage_total = 0.0  # seconds with protected entries missing, closed spells
+        self.missing_since: float | None = None  # loop clock; wall time in missing_since_wall
+        self.missing_since_wall = 0.0
+        self.published_key: tuple[Any, ...] = ()
+        self.published_at = -math.inf
+        self.publish_at: float | None = None
         self.notifier = notifier
         self.bus_address = bus_address
         self.inject_fault = inject_fault
@@ -74,6 +90,7 @@ class Service:
         self.save_at: float | None = None
         self.saved_version = -1
         self.last_repair: RepairRecord | None = None
+        self.last_repair_at = 0.0
         self.backlog: list[Any] = []  # events set aside by _catch_up, handled first
         self.unsupported_seen: set[str] = set()
         self.tracker: Tracker
@@ -84,6 +101,13 @@ class Service:
     # lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        lock = status.DaemonLock(self.runtime_dir)  # AlreadyRunning: the CLI says so and exits
+        try:
+            await self._run()
+        finally:
+            lock.close()
+
+    async def _run(self) -> None:
         mon = netlink.open_socket(netlink.MONITOR_GROUPS, rcvbuf=MONITOR_RCVBUF)  # before the dump
         self.mon = mon
         batch_sock = netlink.open_socket()
@@ -94,6 +118,8 @@ class Service:
             log.warning("test hook: the kernel will be made to fail rule %d of the next batch", self.inject_fault)
             self.writer = FaultyWriter(BatchWriter(batch_sock), self.inject_fault)
         self.dump_sock = dump_sock
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.replay_lock = os.open(self.state_dir / ops.REPLAY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             loaded = store.load(self.state_dir)
             if loaded.status == "corrupt":
@@ -111,6 +137,7 @@ class Service:
                 tg.start_soon(self._signals, tg.cancel_scope)
                 await tg.start(self._watch)
                 self.tx.send_nowait(_Startup())
+                self._publish(anyio.current_time())
                 self.notifier.send(ready=1, status=self._status())
                 log.info("ready: protecting %d rules and %d routes", len(self.tracker.rules), len(self.tracker.routes))
                 if (interval := watchdog_interval()) is not None:
@@ -125,6 +152,7 @@ class Service:
                         log.error("cannot save snapshot at exit: %s", exc)
                 for s in (mon, batch_sock, dump_sock):
                     s.close()
+                os.close(self.replay_lock)
 
     async def _watch(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         await watch(self.tx.send_nowait, self.bus, address=self.bus_address, task_status=task_status)
@@ -153,7 +181,7 @@ class Service:
 
     async def _loop(self) -> None:
         while True:
-            deadline = min(t for t in (self.wake_at, self.save_at, math.inf) if t is not None)
+            deadline = min(t for t in (self.wake_at, self.save_at, self.publish_at, math.inf) if t is not None)
             events, self.backlog = self.backlog, []
             if not events:
                 with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
@@ -186,6 +214,7 @@ class Service:
                 version, snap = self.tracker.version, self.tracker.snapshot()  # on the loop: no races
                 await anyio.to_thread.run_sync(store.save, self.state_dir, snap)
                 self.saved_version = version
+            self._maybe_publish(anyio.current_time())
 
     async def _handle(self, events: list[Any], now: float) -> None:
         # Netlink changes are folded into one Lost per run of changes, so a burst of thousands
@@ -205,11 +234,15 @@ class Service:
                 await self._step(decide.Suspect("monitor-overrun"))
             elif isinstance(ev, OwnerPid):
                 self.ports.set_pid(ev.pid)
+                self.networkd_pid = ev.pid
             elif isinstance(ev, decide.LinkChanged):
                 await self._step(replace(ev, name=self.tracker.links.get(ev.index, "")))
             elif isinstance(ev, (decide.OwnerChanged, decide.LinksListed)):
-                if isinstance(ev, decide.OwnerChanged):
+                if isinstance(ev, decide.OwnerChanged) and ev.owner != self.state.owner:
                     log.info("networkd owner: %s", ev.owner or "(none)")
+                    self.networkd_pid = None  # until its OwnerPid
+                    if ev.owner is not None:
+                        self.generation += 1
                 await self._step(ev)
             elif isinstance(ev, Reload):
                 await self._reload()
@@ -259,6 +292,7 @@ class Service:
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
             log.info("lost %d protected entries (removed by %s)", n, cause)
+            self._outage_starts()
             await self._step(decide.Lost(n, cause))
         lost.clear()
 
@@ -276,6 +310,7 @@ class Service:
                     missing = await self._verify()
                     queue.append(decide.Done())
                     if missing:  # gone without a notification (a kernel flush): name what led to it
+                        self._outage_starts()
                         queue.append(decide.Lost(missing, action.trigger))
 
     # actions --------------------------------------------------------------------------------
@@ -317,10 +352,14 @@ class Service:
                 self._record(trigger, started, p, None)
             return
         cfg = self.cfg.replay
-        out = await execute(
-            p, self._add_request, self._delete_request, self.writer,
-            timeout=cfg.ack_timeout_ms / 1000, max_attempts=cfg.max_attempts, replan=self._resync,
-        )
+        await self._lock_replays()
+        try:
+            out = await execute(
+                p, self._add_request, self._delete_request, self.writer,
+                timeout=cfg.ack_timeout_ms / 1000, max_attempts=cfg.max_attempts, replan=self._resync,
+            )
+        finally:
+            fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
         self.set_aside.update(e for e, _ in out.set_aside)
         c = self.counters
         c.rules_restored += out.rules_restored
@@ -332,6 +371,15 @@ class Service:
             log.debug("replay (%s): all %d entries were already present", trigger, out.already_present)
             return
         self._record(trigger, started, p, out)
+
+    async def _lock_replays(self) -> None:
+        """The lock `netd-hook replay` takes: uncontended it costs one syscall; held by a one-shot
+        replay (milliseconds), the batch waits for it rather than interleave."""
+        try:
+            fcntl.flock(self.replay_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("a one-shot `netd-hook replay` holds %s; waiting for it", self.state_dir / ops.REPLAY_LOCK)
+            await anyio.to_thread.run_sync(fcntl.flock, self.replay_lock, fcntl.LOCK_EX, abandon_on_cancel=True)
 
     def _record(self, trigger: str, started: float, p: Plan, out: Outcome | None) -> None:
         dead = sum(1 for s in p.skipped if s.dead)
@@ -350,7 +398,10 @@ class Service:
             networkd_owner=self.state.owner or "-",
         )
         self.last_repair = rec
+        self.last_repair_at = time.time()
         self.counters.repairs += 1
+        kind = trigger.partition(":")[0]
+        self.counters.repairs_by_trigger[kind] = self.counters.repairs_by_trigger.get(kind, 0) + 1
         log.warning("%s", rec.line())
         self.notifier.send(status=self._status())
 
@@ -397,6 +448,97 @@ class Service:
         logging.getLogger("netd_hook").setLevel(cfg.log_level.upper())
         log.info("reloaded configuration from %s", cfg.source)
         await self._step(decide.Suspect("reload"))
+
+    # what the CLI and the metrics see -------------------------------------------------------
+
+    def _outage_starts(self) -> None:
+        if self.missing_since is None:
+            self.missing_since = anyio.current_time()
+            self.missing_since_wall = time.time()
+
+    def _maybe_publish(self, now: float) -> None:
+        """Publish status.json (and metrics) when the picture changed: at once when something
+        `netd-hook wait` or an operator acts on changed, else at most every PUBLISH_INTERVAL."""
+        st = self.state
+        urgent = (self.generation, self.networkd_pid, decide.settled(st, now), st.busy, st.lost, st.verify,
+                  tuple(sorted(st.links.items())), self.counters.repairs, self.counters.rollbacks)
+        key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside))
+        if key == self.published_key and now < self.published_at + HEARTBEAT:
+            self.publish_at = self.published_at + HEARTBEAT
+            return
+        if urgent != self.published_key[:len(urgent)] or now >= self.published_at + PUBLISH_INTERVAL:
+            self._publish(now)
+            if self.publish_at is None:  # nothing newer arrived meanwhile
+                self.published_key = key
+        else:
+            self.publish_at = self.published_at + PUBLISH_INTERVAL
+
+    def _publish(self, now: float) -> None:
+        # Only from a consistent picture: netlink changes still unread (our own batch's echoes
+        # among them) are queued for the loop first, in order, and publishing waits for them.
+        held: list[Any] = []
+        while True:
+            try:
+                held.append(self.rx.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        held.extend(netlink.read_available(self.mon, self.tracker.links))
+        if held:
+            self.backlog.extend(held)
+            self.publish_at = now  # right after the loop has handled them
+            return
+        self.publish_at = None
+        p = self._plan()
+        missing = len(p)
+        if missing == 0 and not self.state.lost and self.missing_since is not None:
+            self.outage_total += now - self.missing_since
+            self.missing_since = None
+        elif missing and self.missing_since is None:
+            self._outage_starts()
+        doc = self._status_doc(now, missing, len(p.skipped))
+        try:
+            status.publish(self.runtime_dir, doc)
+            metrics.write(self.cfg.metrics_textfile or self.runtime_dir / metrics.DEFAULT_FILE, doc)
+        except OSError as exc:
+            log.error("cannot publish status to %s: %s", self.runtime_dir, exc)
+        self.published_at = now
+
+    def _status_doc(self, now: float, missing: int, held_back: int) -> dict[str, Any]:
+        st, t, c = self.state, self.tracker, self.counters
+        settled = decide.settled(st, now)
+        outage = self.outage_total + (now - self.missing_since if self.missing_since is not None else 0.0)
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "networkd": {
+                "owner": st.owner,
+                "pid": self.networkd_pid,
+                "generation": self.generation,
+                "settled": settled,
+                "links": {t.links.get(i, str(i)): s for i, s in sorted(st.links.items())},
+            },
+            # Nothing missing, nothing pending, networkd settled: what `netd-hook wait` waits for.
+            "complete": bool(st.owner and settled and not (st.busy or st.lost or st.verify) and missing == 0),
+            "protected": {"rules": len(t.rules), "routes": len(t.snapshot().protected_routes())},
+            "missing": missing,
+            "held_back": held_back,
+            "set_aside": [e.describe() for e in sorted(self.set_aside, key=lambda e: e.describe())][:50],
+            "missing_since": self.missing_since_wall if self.missing_since is not None else None,
+            "outage_seconds": round(outage, 6),
+            "last_repair": None if self.last_repair is None else {
+                "at": self.last_repair_at, **asdict(self.last_repair)},
+            "counters": {
+                **{k: v for k, v in asdict(c).items() if not isinstance(v, dict)},
+                "losses": dict(c.losses),
+                "repairs_by_trigger": dict(c.repairs_by_trigger),
+                "rejected_signals": self.bus.rejected_signals,
+                "bad_bus_values": self.bus.bad_values,
+                "bus_reconnects": self.bus.reconnects,
+            },
+            "config": self.cfg.source,
+            "state_dir": str(self.state_dir),
+        }
 
     def _status(self) -> str:
         t = self.tracker

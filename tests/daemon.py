@@ -48,7 +48,8 @@ def prefs(rows: frozenset) -> list[int]:
 class Daemon:
     def __init__(self, lab: Lab, state_dir: Path, *, config: str | None = None,
                  env: dict | None = None, log_level: str = "debug",
-                 argv: list[str] | None = None, extra_args: list[str] | None = None) -> None:
+                 argv: list[str] | None = None, extra_args: list[str] | None = None,
+                 runtime_dir: Path | None = None) -> None:
         self.lab = lab
         self.state_dir = state_dir
         self.config = config
@@ -61,14 +62,15 @@ class Daemon:
         self._cond = threading.Condition()
         self.proc: subprocess.Popen | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="ndh-daemon-")
+        self.runtime_dir = runtime_dir or Path(self._tmp.name) / "run"
 
     def start(self, timeout: float = 20.0) -> Daemon:
         tmp = Path(self._tmp.name)
         sock_path = str(tmp / f"notify-{len(self.notes)}-{time.monotonic_ns()}")
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(sock_path)
-        argv = [*self.argv, "run", "--state-dir", str(self.state_dir), "--log-level", self.log_level,
-                *self.extra_args]
+        argv = [*self.argv, "run", "--state-dir", str(self.state_dir), "--runtime-dir", str(self.runtime_dir),
+                "--log-level", self.log_level, *self.extra_args]
         if self.config is not None:
             cfg = tmp / "netd-hook.toml"
             cfg.write_text(self.config)
@@ -86,6 +88,14 @@ class Daemon:
             raise AssertionError(f"daemon never sent READY=1 to {sock_path} (exists: {os.path.exists(sock_path)}, "
                                  f"notes: {self.notes}); log:\n" + self.log()) from None
         return self
+
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """`netd-hook <args>` inside the lab, pointed at this daemon's state and runtime directories."""
+        argv = [*self.argv, *args, "--state-dir", str(self.state_dir), "--runtime-dir", str(self.runtime_dir)]
+        if self.config is not None:
+            argv += ["--config", str(Path(self._tmp.name) / "netd-hook.toml")]
+        extra = {"PYTHONPATH": str(ROOT), **self.env, **(env or {})}
+        return self.lab.run("env", *(f"{k}={v}" for k, v in extra.items()), *argv, check=False, timeout=timeout)
 
     def _read_log(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None

@@ -1,0 +1,81 @@
+"""Prometheus text exposition, rendered from the published status document.
+
+Written atomically (temp file + rename in the same directory) so node_exporter's textfile
+collector never reads half a file. One source of truth: the numbers are those of status.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .store import atomic_write
+
+DEFAULT_FILE = "metrics.prom"
+
+# name, type, help, key in the status document's "counters"
+_COUNTERS = (
+    ("rules_restored_total", "rules put back"),
+    ("routes_restored_total", "routes put back"),
+    ("skipped_dead_total", "entries the liveness gate dropped (their pod or address is gone)"),
+    ("rollbacks_total", "batches rolled back after a failed entry"),
+    ("set_aside_total", "entries the kernel refused (set aside until networkd's next generation)"),
+    ("rejected_signals_total", "D-Bus signals dropped: not from networkd's current owner"),
+    ("bad_bus_values_total", "D-Bus messages with unexpected values (logged and ignored)"),
+    ("forgotten_deliberate_total", "deletions by others (the CNI): forgotten, never replayed"),
+    ("orphans_removed_total", "restored rules removed again because their pod went away"),
+    ("monitor_overruns_total", "netlink monitor overruns (followed by a re-read of the kernel)"),
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def _family(name: str, kind: str, help_: str, samples: Mapping[str, float]) -> Iterator[str]:
+    yield f"# HELP netd_hook_{name} {help_}"
+    yield f"# TYPE netd_hook_{name} {kind}"
+    for labels, value in samples.items():
+        yield f"netd_hook_{name}{labels} {_fmt(value)}"
+
+
+def render(doc: Mapping[str, Any]) -> str:
+    c: Mapping[str, Any] = doc.get("counters", {})
+    nd: Mapping[str, Any] = doc.get("networkd", {})
+    last = doc.get("last_repair") or {}
+    lines: list[str] = []
+    by_trigger = c.get("repairs_by_trigger", {})
+    lines += _family("repairs_total", "counter", "repairs, by what triggered them",
+                     {f'{{trigger="{_escape(k)}"}}': v for k, v in sorted(by_trigger.items())} or {"": 0})
+    for name, help_ in _COUNTERS:
+        lines += _family(name, "counter", help_, {"": c.get(name.removesuffix("_total"), 0)})
+    protected = doc.get("protected", {})
+    lines += _family("protected_entries", "gauge", "rules and routes in the snapshot",
+                     {'{kind="rule"}': protected.get("rules", 0), '{kind="route"}': protected.get("routes", 0)})
+    lines += _family("missing_entries", "gauge", "protected entries missing from the kernel now",
+                     {"": doc.get("missing", 0)})
+    lines += _family("held_back_entries", "gauge", "missing entries the liveness gate holds back",
+                     {"": doc.get("held_back", 0)})
+    lines += _family("outage_seconds_total", "counter",
+                     "seconds during which protected entries were missing (the node's actual outage)",
+                     {"": float(doc.get("outage_seconds", 0.0))})
+    lines += _family("last_repair_duration_seconds", "gauge", "duration of the last repair",
+                     {"": float(last.get("duration_ms", 0.0)) / 1000})
+    lines += _family("last_repair_timestamp_seconds", "gauge", "when the last repair finished (0: none yet)",
+                     {"": float(last.get("at", 0.0))})
+    lines += _family("networkd_settled", "gauge", "1 when networkd owns its name and every link is settled",
+                     {"": int(bool(nd.get("settled")))})
+    lines += _family("networkd_generation", "counter", "networkd bus owners seen (restarts + 1)",
+                     {"": nd.get("generation", 0)})
+    lines += _family("start_time_seconds", "gauge", "when the daemon started",
+                     {"": float(doc.get("started_at", 0.0))})
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, doc: Mapping[str, Any]) -> None:
+    atomic_write(path, render(doc).encode())

@@ -1,0 +1,219 @@
+"""One-shot operations behind `netd-hook snapshot`, `diff` and `replay`.
+
+They read the saved snapshot (never moving a corrupt file aside: that is the daemon's job),
+dump the kernel, and decide with the same tracker, planner and liveness gate as the daemon;
+`replay` then sends through the same batch writer and rollback. Grouping for display is pure.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import netlink
+from .model import Entry, FormatError, Route, Rule, Snapshot, snapshot_from_json
+from .plan import Plan, plan
+from .replay import Outcome, execute
+from .scope import Scope
+from .store import SNAPSHOT_FILE
+from .track import Tracker
+
+REPLAY_LOCK = "replay.lock"
+NETIF_LINKS = Path("/run/systemd/netif/links")  # networkd's own per-link state files
+MAIN = 254
+
+Progress = Callable[[str], None]
+
+
+class OpsError(Exception):
+    """A one-shot operation cannot proceed; the message says what to do next."""
+
+
+def read_snapshot(state_dir: Path) -> Snapshot:
+    path = state_dir / SNAPSHOT_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise OpsError(f"no snapshot at {path}: has the daemon ever run with --state-dir {state_dir}?") from None
+    except OSError as exc:
+        raise OpsError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return snapshot_from_json(json.loads(raw))
+    except (ValueError, FormatError) as exc:
+        raise OpsError(f"{path} is corrupt ({exc}); the daemon moves it aside and rebuilds from the kernel "
+                       "when it starts: `systemctl restart netd-hook`") from None
+
+
+def networkd_link_states(root: Path = NETIF_LINKS) -> dict[str, str]:
+    """Link index (as text) -> networkd's ADMIN_STATE, from networkd's state files (no bus needed)."""
+    states: dict[str, str] = {}
+    try:
+        files = [f for f in root.iterdir() if f.name.isdigit()]
+    except OSError:
+        return states
+    for f in files:
+        try:
+            lines = f.read_text().splitlines()
+        except OSError:
+            continue  # the link went away meanwhile
+        values = dict(line.split("=", 1) for line in lines if "=" in line)
+        states[f.name] = values.get("ADMIN_STATE", "")
+    return states
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """What the daemon would do right now."""
+
+    plan: Plan
+    protected_rules: int
+    protected_routes: int
+    managed: frozenset[str]
+
+
+def check(snapshot: Snapshot, dump: netlink.Dump, scope: Scope, managed: frozenset[str]) -> Check:
+    t = Tracker(scope, snapshot)
+    t.load(dump)
+    snap = t.snapshot()
+    p = plan(snap, t.present_rules, t.present_routes, t.liveness(managed), ())
+    return Check(p, len(snap.rules), len(snap.protected_routes()), managed)
+
+
+def managed_links(dump: netlink.Dump, states_by_index: Mapping[str, str]) -> frozenset[str]:
+    """Links networkd manages (anything but `unmanaged`), by name; indexes resolved by the dump."""
+    names = {str(link.index): link.name for link in dump.links}
+    return frozenset(names[i] for i, st in states_by_index.items() if i in names and st and st != "unmanaged")
+
+
+def dump_kernel() -> netlink.Dump:
+    sock = netlink.open_socket()
+    try:
+        return netlink.dump_sync(sock)
+    finally:
+        sock.close()
+
+
+@contextmanager
+def replay_lock(state_dir: Path, progress: Progress) -> Iterator[None]:
+    """Serialises one-shot replays with each other and with the daemon's batches."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / REPLAY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for {state_dir / REPLAY_LOCK} (a repair is in progress)…")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    check: Check
+    outcome: Outcome | None = None  # None: dry run, or nothing to do
+    duration_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+async def replay(state_dir: Path, scope: Scope, states: Mapping[str, str], *, dry_run: bool,
+                 timeout: float, max_attempts: int, progress: Progress) -> ReplayResult:
+    snap = read_snapshot(state_dir)
+    progress(f"snapshot: {len(snap.rules)} rules, {len(snap.routes)} routes")
+    with replay_lock(state_dir, progress):
+        started = time.perf_counter()
+        progress("reading the kernel's rules and routes…")
+        dump = dump_kernel()
+        chk = check(snap, dump, scope, managed_links(dump, states))
+        res = ReplayResult(chk)
+        n = len(chk.plan)
+        progress(f"{n} entries to restore, {len(chk.plan.skipped)} held back by the liveness gate")
+        if dry_run or not n:
+            return res
+        progress(f"sending {n} entries in one netlink batch…")
+        encoder = netlink.Encoder()
+        t = Tracker(scope, snap)
+        t.load(dump)
+        sock = netlink.open_socket()
+        try:
+            writer = netlink.BatchWriter(sock)
+
+            async def replan() -> Plan:
+                d = dump_kernel()
+                return check(snap, d, scope, managed_links(d, states)).plan
+
+            def delete_request(entry: Entry) -> bytes:
+                index = t.ifindex(entry.oif) if isinstance(entry, Route) and entry.oif else None
+                return netlink.delete_request(entry, index)
+
+            res.outcome = await execute(chk.plan, lambda e: encoder.add_request(e, t.ifindex), delete_request,
+                                        writer, timeout=timeout, max_attempts=max_attempts, replan=replan)
+        finally:
+            sock.close()
+        res.duration_ms = (time.perf_counter() - started) * 1000
+        return res
+
+
+# Display grouping (pure) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    address: str
+    table: int  # the ENI table its `from POD` rule looks up; MAIN for pods on the primary ENI
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    pods: Mapping[int, tuple[Pod, ...]]  # by ENI table
+    node_rules: tuple[Rule, ...]
+    routes: Mapping[int, tuple[Route, ...]]  # protected routes by table
+    devices: Mapping[int, str]  # table -> the device its routes leave by
+
+
+def group(snapshot: Snapshot, node_addresses: frozenset[str] = frozenset()) -> Groups:
+    """Pod rules are those keyed on one host address that is not the node's own (the ENI
+    primary address of a 32765 rule is node-wide); the rest are node-wide."""
+    by_addr: dict[str, list[Rule]] = {}
+    node: list[Rule] = []
+    for rule in snapshot.rules:
+        addr = rule.host_address()
+        if addr is None or addr in node_addresses:
+            node.append(rule)
+        else:
+            by_addr.setdefault(addr, []).append(rule)
+    pods: dict[int, list[Pod]] = {}
+    for addr, rules in by_addr.items():
+        tables = sorted({r.table for r in rules if r.table != MAIN})
+        table = tables[0] if tables else MAIN
+        pods.setdefault(table, []).append(Pod(addr, table, tuple(sorted(rules, key=_rule_key))))
+    routes: dict[int, list[Route]] = {}
+    devices: dict[int, str] = {}
+    for route in snapshot.protected_routes():
+        routes.setdefault(route.table, []).append(route)
+        if route.oif and (route.table not in devices or route.dst in ("0.0.0.0/0", "::/0")):
+            devices[route.table] = route.oif
+    return Groups(
+        pods={t: tuple(sorted(p, key=lambda pod: _addr_key(pod.address))) for t, p in sorted(pods.items())},
+        node_rules=tuple(sorted(node, key=_rule_key)),
+        routes={t: tuple(sorted(r, key=lambda x: (x.family, x.dst, x.describe()))) for t, r in sorted(routes.items())},
+        devices=devices,
+    )
+
+
+def _rule_key(rule: Rule) -> tuple[int, int, str]:
+    return (rule.priority, rule.family, rule.describe())
+
+
+def _addr_key(addr: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(addr)
+    return (ip.version, int(ip))

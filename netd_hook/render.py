@@ -1,0 +1,170 @@
+"""Human output of the CLI (pure: documents in, text out). `--json` prints the documents as they are."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .model import Route, Rule
+from .ops import MAIN, Check, Groups, ReplayResult
+from .plan import Plan
+
+
+def _ago(then: float | None, now: float) -> str:
+    if not then:
+        return "never"
+    s = max(0.0, now - then)
+    if s < 60:
+        return f"{s:.0f}s ago"
+    if s < 3600:
+        return f"{s / 60:.0f}min ago"
+    if s < 86400:
+        return f"{s / 3600:.1f}h ago"
+    return f"{s / 86400:.1f}d ago"
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+
+
+def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
+    nd: Mapping[str, Any] = doc.get("networkd", {})
+    c: Mapping[str, Any] = doc.get("counters", {})
+    prot: Mapping[str, Any] = doc.get("protected", {})
+    missing = int(doc.get("missing", 0))
+    if not running:
+        head = "inactive (not running)"
+    elif missing:
+        head = f"active, {missing} protected entries MISSING"
+    else:
+        head = "active, protecting"
+    lines = [f"netd-hook: {head}"]
+    if running:
+        lines.append(f"     pid: {doc.get('pid')}, since {_when(doc.get('started_at', 0))} "
+                     f"({_ago(doc.get('started_at'), now)}); status updated {_ago(doc.get('updated_at'), now)}")
+    else:
+        lines.append(f"    last: status written {_ago(doc.get('updated_at'), now)} by pid {doc.get('pid')}")
+    owner = nd.get("owner")
+    nd_state = "settled" if nd.get("settled") else "busy (configuring)"
+    if owner is None:
+        nd_state = "not on the bus"
+    lines.append(f"networkd: {nd_state}; owner {owner or '-'} pid {nd.get('pid') or '-'}, "
+                 f"generation {nd.get('generation', 0)}")
+    links = nd.get("links", {})
+    if links:
+        lines.append("   links: " + ", ".join(f"{name} {state}" for name, state in links.items()))
+    lines.append(f"protects: {prot.get('rules', 0)} rules, {prot.get('routes', 0)} routes; missing now: {missing}"
+                 + (f" (+{doc.get('held_back')} held back by the liveness gate)" if doc.get("held_back") else ""))
+    last = doc.get("last_repair")
+    if last:
+        lines.append(f"  repair: {_ago(last.get('at'), now)} ({_when(last.get('at', 0))}), "
+                     f"trigger {last.get('trigger')}: "
+                     f"+{last.get('rules_restored')} rules, +{last.get('routes_restored')} routes, "
+                     f"{last.get('skipped_dead')} skipped (dead), {last.get('duration_ms', 0):.1f} ms")
+    else:
+        lines.append("  repair: none yet")
+    lines.append(f"  totals: {c.get('repairs', 0)} repairs, {c.get('rules_restored', 0)} rules and "
+                 f"{c.get('routes_restored', 0)} routes restored, {c.get('skipped_dead', 0)} skipped by the gate, "
+                 f"{c.get('rollbacks', 0)} rollbacks, {c.get('rejected_signals', 0)} rejected bus signals; "
+                 f"outage {float(doc.get('outage_seconds', 0.0)):.3f}s")
+    if doc.get("set_aside"):
+        lines.append("set aside (the kernel refused them; retried after networkd's next restart or reconfigure):")
+        lines += [f"    {e}" for e in doc["set_aside"]]
+    if not running:
+        lines.append("hint: systemctl status netd-hook; journalctl -u netd-hook -n 50")
+    elif missing:
+        lines.append("hint: netd-hook diff (what and why); journalctl -u netd-hook -n 50")
+    return "\n".join(lines)
+
+
+def _rule_line(rule: Rule) -> str:
+    return rule.describe()
+
+
+def snapshot_text(g: Groups) -> str:
+    npods = sum(len(p) for p in g.pods.values())
+    lines = [f"pod rules: {npods} pods"]
+    for table, pods in g.pods.items():
+        where = "main (primary ENI)" if table == MAIN else f"table {table}" + (
+            f" ({g.devices[table]})" if table in g.devices else "")
+        lines.append(f"  {where}: {len(pods)} pods")
+        for pod in pods:
+            lines.append(f"    {pod.address:<15} " + "; ".join(_rule_line(r) for r in pod.rules))
+    lines.append(f"node-wide rules: {len(g.node_rules)}")
+    lines += [f"  {_rule_line(r)}" for r in g.node_rules]
+    lines.append(f"routes: {sum(len(r) for r in g.routes.values())} in {len(g.routes)} tables")
+    for table, routes in g.routes.items():
+        lines.append(f"  table {table}:")
+        lines += [f"    {r.describe()}" for r in routes]
+    return "\n".join(lines)
+
+
+def snapshot_json(g: Groups) -> dict[str, Any]:
+    return {
+        "pods": {str(t): [{"address": p.address, "rules": [r.describe() for r in p.rules]} for p in pods]
+                 for t, pods in g.pods.items()},
+        "node_rules": [r.describe() for r in g.node_rules],
+        "routes": {str(t): [r.describe() for r in routes] for t, routes in g.routes.items()},
+        "devices": {str(t): d for t, d in g.devices.items()},
+    }
+
+
+def _entries(p: Plan) -> list[Rule | Route]:
+    return [*p.routes, *p.rules]
+
+
+def _kind(e: Rule | Route) -> str:
+    return "rule" if isinstance(e, Rule) else "route"
+
+
+def diff_json(chk: Check) -> dict[str, Any]:
+    p = chk.plan
+    return {
+        "protected": {"rules": chk.protected_rules, "routes": chk.protected_routes},
+        "missing": [{"kind": _kind(e), "entry": e.describe()} for e in _entries(p)],
+        "held_back": [{"kind": _kind(s.entry), "entry": s.entry.describe(), "reason": s.reason, "dead": s.dead}
+                      for s in p.skipped],
+        "managed_links": sorted(chk.managed),
+    }
+
+
+def diff_text(chk: Check) -> str:
+    p = chk.plan
+    lines = [f"protected: {chk.protected_rules} rules, {chk.protected_routes} routes"]
+    if not len(p) and not p.skipped:
+        lines.append("nothing missing: the kernel has every protected entry")
+        return "\n".join(lines)
+    if len(p):
+        lines.append(f"missing, would be restored ({len(p)}):")
+        lines += [f"  + {_kind(e):<5} {e.describe()}" for e in _entries(p)]
+    if p.skipped:
+        lines.append(f"missing, held back by the liveness gate ({len(p.skipped)}):")
+        lines += [f"  - {_kind(s.entry):<5} {s.entry.describe()}: {s.reason}" for s in p.skipped]
+    return "\n".join(lines)
+
+
+def replay_text(res: ReplayResult, dry_run: bool) -> str:
+    p = res.check.plan
+    lines: list[str] = []
+    if dry_run:
+        if not len(p):
+            lines.append("dry run: nothing to restore")
+        else:
+            lines.append(f"dry run: would restore {len(p.rules)} rules and {len(p.routes)} routes:")
+            lines += [f"  + {e.describe()}" for e in _entries(p)]
+    elif res.outcome is None:
+        lines.append("nothing to restore: the kernel has every protected entry")
+    else:
+        o = res.outcome
+        lines.append(f"restored {o.rules_restored} rules and {o.routes_restored} routes in {o.batches} batch(es), "
+                     f"{res.duration_ms:.1f} ms ({o.already_present} were already back)")
+        for entry, err in o.set_aside:
+            lines.append(f"  ! could not restore {entry.describe()}: errno {err}")
+        if o.rollbacks:
+            lines.append(f"  {o.rollbacks} batch(es) rolled back and retried without the failing entries")
+        if o.unknown or o.gave_up:
+            lines.append("  the outcome of some entries is unknown: run `netd-hook diff` to see what is missing")
+    for s in p.skipped:
+        lines.append(f"  - not restoring {s.entry.describe()}: {s.reason}")
+    return "\n".join(lines)
