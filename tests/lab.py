@@ -15,6 +15,13 @@ Layout (one ``Lab``)::
                                                     unix:path=/run/dbus/system_bus_socket)
     /lib/systemd/systemd-networkd                  (child of this process)
 
+Opt-in ``Lab(journald=True)``: a private systemd-journald as well (see ``_JOURNALD_SETUP``):
+tmpfs over /run/log (and /var/log/journal when the host has one), cgroup2 on /sys/fs/cgroup,
+a drop-in in the lab's /run/systemd/journald.conf.d (Storage=volatile, no forwarding), then
+``/lib/systemd/systemd-journald`` as a child, started before dbus-daemon. Anything started
+in the lab finds its native socket at /run/systemd/journal/socket; ``lab.journal(*matches)``
+reads the entries back with ``journalctl -D /run/log/journal -o json``.
+
 Addressing conventions (VPC CNI layout, see /work/shared/VPC-CNI-LAYOUT.md):
 
 * ENI ``i`` is the veth ``eth<i>`` (peer ``vpc<i>``, up, stays in the namespace, unmanaged),
@@ -56,6 +63,9 @@ import time
 from collections.abc import Iterable
 
 NETWORKD = "/lib/systemd/systemd-networkd"
+JOURNALD = "/lib/systemd/systemd-journald"
+JOURNAL_DIR = "/run/log/journal"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
@@ -190,6 +200,32 @@ exec sleep infinity
 
 _PRIVATE_MOUNTS = ("/run/systemd", "/run/dbus", "/etc/systemd/network")
 
+# Run inside the lab (its private mount namespace) before journald starts, for journald=True.
+# - /run/log: journald's runtime journal, on a private tmpfs. Only when the host has no /run/log
+#   is the empty directory created, in the host's volatile /run (what systemd-tmpfiles makes on
+#   any systemd host); nothing else on the host is written.
+# - /var/log/journal, when the host has one: a private tmpfs over it too, belt and braces; with
+#   Storage=volatile journald never goes there, and never creates it when it is missing.
+# - /sys/fs/cgroup: `ip netns exec` mounted a fresh /sys without it, and journald 252 refuses to
+#   start without a cgroup hierarchy ("Failed to acquire cgroup root path: No medium found").
+# - The drop-in sits in the lab's private /run/systemd and overrides /etc/systemd/journald.conf:
+#   volatile storage, no forwarding anywhere (syslog, kmsg, console, wall), no reading of the
+#   host's /dev/kmsg, no rate limit (tests send bursts).
+_JOURNALD_SETUP = r"""
+set -e
+[ -d /run/log ] || mkdir -m 0755 /run/log
+mount -t tmpfs -o mode=0755,size=64m tmpfs /run/log
+if [ -d /var/log/journal ]; then
+    mount -t tmpfs -o mode=2755,size=16m tmpfs /var/log/journal
+fi
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+mkdir -p /run/systemd/journald.conf.d
+printf '%s\n' '[Journal]' Storage=volatile RuntimeMaxUse=48M ForwardToSyslog=no ForwardToKMsg=no \
+    ForwardToConsole=no ForwardToWall=no ReadKMsg=no RateLimitIntervalSec=0 \
+    > /run/systemd/journald.conf.d/zz-ndh-lab.conf
+echo OK
+"""
+
 
 class Lab:
     """Real systemd-networkd in a private net+mount namespace. See module docstring."""
@@ -197,12 +233,14 @@ class Lab:
     bus_address: str = BUS_ADDRESS
 
     def __init__(self, name: str | None = None, *, networkd_debug: bool = False,
-                 keep_logs: bool = False):
+                 keep_logs: bool = False, journald: bool = False):
         self.name = name or f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}"
         if len(self.name) > 64 or "/" in self.name:
             raise ValueError("bad namespace name")
         self.networkd_debug = networkd_debug
         self.keep_logs = keep_logs
+        self.journald = journald
+        self._journald: subprocess.Popen | None = None
         self.holder_pid: int | None = None
         self.dbus_pid: int | None = None
         self.netns_inode: int | None = None
@@ -242,6 +280,10 @@ class Lab:
             self.logdir = tempfile.mkdtemp(prefix=f"{self.name}-")
             self._start_holder()
             self.timings["holder"] = time.monotonic() - t0
+            if self.journald:
+                self._setup_journald()
+                self.start_journald()
+                self.timings["journald"] = time.monotonic() - t0
             self._start_dbus()
             self.timings["dbus"] = time.monotonic() - t0
             self.add_eni(0, wait=False)
@@ -337,6 +379,7 @@ class Lab:
         for p in reversed(self._children):
             self._quiet(_stop_popen, p)
         self._quiet(self.stop_networkd, False)
+        self._quiet(self.stop_journald)
         if self._dbus is not None:
             self._quiet(_stop_popen, self._dbus)
         # Anything else still living in our netns (e.g. a daemon a test forked): by PID.
@@ -467,6 +510,99 @@ class Lab:
             return
         args = [IP] + (["-force"] if force else []) + ["-batch", "-"]
         self.run(*args, input="\n".join(lines) + "\n", check=not force, timeout=120)
+
+    # ------------------------------------------------------------------ journald (opt-in)
+    def _setup_journald(self) -> None:
+        if not os.access(JOURNALD, os.X_OK):
+            raise LabError(f"{JOURNALD} not installed")
+        out = self.run("sh", "-c", _JOURNALD_SETUP).stdout.strip()
+        if out != "OK":
+            raise LabError(f"journald mounts failed: {out!r}")
+        with open(f"/proc/{self.holder_pid}/mountinfo") as f:
+            fstypes = {}
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fstypes[left.split()[4]] = right.split()[0]
+        private = ["/run/log"] + (["/var/log/journal"] if os.path.isdir("/var/log/journal") else [])
+        for path in private:
+            if fstypes.get(path) != "tmpfs":
+                raise LabError(f"{path} is not a private tmpfs in the lab")
+
+    @property
+    def journald_pid(self) -> int | None:
+        p = self._journald
+        return p.pid if p is not None and p.poll() is None else None
+
+    def journald_log(self) -> str:
+        try:
+            with open(os.path.join(self.logdir, "journald.log"), errors="replace") as f:
+                return f.read()
+        except (OSError, TypeError):
+            return ""
+
+    def start_journald(self, timeout: float = 10) -> None:
+        """Start the lab's systemd-journald (journald=True labs start it themselves) and wait
+        until it answers ``journalctl --sync`` (its varlink socket: the event loop runs)."""
+        if not self.journald:
+            raise LabError("this lab was created without journald=True")
+        if self.journald_pid is not None:
+            raise LabError("journald already running")
+        env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="info")
+        for var in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(var, None)
+        log = open(os.path.join(self.logdir, "journald.log"), "ab")
+        try:
+            self._journald = subprocess.Popen(self._nsenter([JOURNALD]), env=env, stdin=subprocess.DEVNULL,
+                                              stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+
+        def ready():
+            if self._journald.poll() is not None:
+                raise LabError("systemd-journald exited: " + self.journald_log()[-2000:])
+            return (os.path.exists(self.path(JOURNAL_SOCKET))
+                    and self.run("journalctl", "--sync", check=False).returncode == 0)
+        self._wait(ready, timeout, "systemd-journald to listen")
+
+    def stop_journald(self) -> None:
+        """SIGTERM by PID. Its sockets stay behind (as after a crash): senders get ECONNREFUSED."""
+        p = self._journald
+        if p is None:
+            return
+        self._journald = None
+        _stop_popen(p, 10)
+
+    def journal(self, *matches: str, sync: bool = True) -> list[dict]:
+        """The lab journal's entries matching ``matches`` (journalctl syntax, e.g.
+        ``"MESSAGE_ID=..."``), oldest first, as ``journalctl -o json --all`` dicts.
+
+        ``sync``: first ``journalctl --sync``: journald answers after it has written what was
+        already queued on its sockets. Values journalctl prints as byte arrays (not printable
+        UTF-8) come back as str (UTF-8, invalid bytes replaced); a field sent more than once
+        comes back as a list."""
+        if sync and self.journald_pid is not None:
+            self.run("journalctl", "--sync")
+        r = self.run("journalctl", "-D", JOURNAL_DIR, "-o", "json", "--all", "--no-pager", *matches, check=False)
+        if r.returncode != 0 and not r.stdout.strip():
+            if "No journal files" in r.stderr:
+                return []
+            raise LabCommandError(r.returncode, ["journalctl", *matches], r.stdout, r.stderr)
+
+        def value(v):
+            if isinstance(v, list) and all(isinstance(b, int) for b in v):
+                return bytes(v).decode("utf-8", "replace")
+            if isinstance(v, list):
+                return [value(x) for x in v]
+            return v
+        return [{k: value(v) for k, v in json.loads(line).items()}
+                for line in r.stdout.splitlines() if line.startswith("{")]
+
+    def wait_journal(self, *matches: str, count: int = 1, timeout: float = 10) -> list[dict]:
+        """``journal(*matches)`` once it has at least ``count`` entries (polls)."""
+        def enough():
+            entries = self.journal(*matches)
+            return entries if len(entries) >= count else None
+        return self._wait(enough, timeout, f"{count} journal entries matching {matches}", interval=0.1)
 
     # ------------------------------------------------------------------ networkd
     @property
