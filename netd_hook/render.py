@@ -51,9 +51,12 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
         nd_state = "not on the bus"
     lines.append(f"networkd: {nd_state}; owner {owner or '-'} pid {nd.get('pid') or '-'}, "
                  f"generation {nd.get('generation', 0)}")
-    links = nd.get("links", {})
+    links: Mapping[str, str] = nd.get("links", {})
     if links:
-        lines.append("   links: " + ", ".join(f"{name} {state}" for name, state in links.items()))
+        managed = [f"{name} {state}" for name, state in links.items() if state != "unmanaged"]
+        unmanaged = len(links) - len(managed)
+        lines.append("   links: " + ", ".join(managed or ["none managed"])
+                     + (f"; {unmanaged} unmanaged (pod veths, lo)" if unmanaged else ""))
     lines.append(f"protects: {prot.get('rules', 0)} rules, {prot.get('routes', 0)} routes; missing now: {missing}"
                  + (f" (+{doc.get('held_back')} held back by the liveness gate)" if doc.get("held_back") else ""))
     last = doc.get("last_repair")

@@ -1,0 +1,282 @@
+"""Operator tooling without a lab: the status file and lock, metrics, grouping, rendering, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netd_hook import cli, config, metrics, ops, render, status
+from netd_hook.model import Snapshot
+from netd_hook.netlink import Dump, HostRoute, Link
+from tests.fixtures import NODE_RULES, eni_routes, pod_rules
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def doc(**over):
+    base = {
+        "pid": 4242, "started_at": 1_700_000_000.0, "updated_at": 1_700_000_100.0,
+        "networkd": {"owner": ":1.7", "pid": 99, "generation": 2, "settled": True,
+                     "links": {"eth0": "configured", "eth1": "configuring", "eni1": "unmanaged"}},
+        "complete": True, "protected": {"rules": 11, "routes": 4}, "missing": 0, "held_back": 0,
+        "set_aside": [], "missing_since": None, "outage_seconds": 0.25,
+        "last_repair": {"at": 1_700_000_050.0, "trigger": "reconfigure:eth1", "rules_restored": 9,
+                        "routes_restored": 2, "skipped_dead": 1, "duration_ms": 1.5},
+        "counters": {"repairs": 3, "rules_restored": 20, "routes_restored": 4, "skipped_dead": 1, "rollbacks": 0,
+                     "set_aside": 0, "rejected_signals": 5, "bad_bus_values": 0, "forgotten_deliberate": 2,
+                     "orphans_removed": 0, "monitor_overruns": 0,
+                     "repairs_by_trigger": {"reconfigure": 2, "networkd-restart": 1}},
+    }
+    base.update(over)
+    return base
+
+
+# status file and lock ------------------------------------------------------------------------
+
+
+def test_probe_without_anything_is_not_running(tmp_path: Path):
+    pr = status.probe(tmp_path / "run")
+    assert pr == status.Probe(False, None, "no status file")
+
+
+def test_lock_marks_running_and_is_released_when_closed(tmp_path: Path):
+    lock = status.DaemonLock(tmp_path)
+    status.publish(tmp_path, doc())
+    pr = status.probe(tmp_path)
+    assert pr.running and pr.status is not None and pr.status["pid"] == 4242
+    assert pr.status["format"] == "netd-hook/status" and pr.status["version"] == 1
+    with pytest.raises(status.AlreadyRunning):
+        status.DaemonLock(tmp_path)
+    assert (tmp_path / "daemon.lock").read_text() == f"{os.getpid()}\n"
+    lock.close()
+    assert not status.probe(tmp_path).running
+    assert status.probe(tmp_path).status is not None  # the last status stays readable
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path: Path):
+    code = f"from netd_hook import status; import pathlib, time; status.DaemonLock(pathlib.Path({str(tmp_path)!r})); " \
+           "print('locked', flush=True); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+        assert status.running(tmp_path)
+    finally:
+        p.kill()
+        p.wait()
+    assert not status.running(tmp_path)  # no stale pid file to believe
+
+
+def test_probe_reports_a_garbled_status_file(tmp_path: Path):
+    (tmp_path / status.STATUS_FILE).write_text("{not json")
+    pr = status.probe(tmp_path)
+    assert pr.status is None and pr.error.startswith("unreadable status file")
+    (tmp_path / status.STATUS_FILE).write_text(json.dumps({"format": "other", "version": 1}))
+    assert status.probe(tmp_path).error == "status file of an unknown format"
+
+
+# metrics -------------------------------------------------------------------------------------
+
+
+def test_metrics_render_every_family_from_the_status_document():
+    text = metrics.render(doc(missing=3, held_back=1, outage_seconds=12.5))
+    lines = text.splitlines()
+    samples = {ln.rsplit(" ", 1)[0]: ln.rsplit(" ", 1)[1] for ln in lines if not ln.startswith("#")}
+    assert samples['netd_hook_repairs_total{trigger="reconfigure"}'] == "2"
+    assert samples['netd_hook_repairs_total{trigger="networkd-restart"}'] == "1"
+    assert samples["netd_hook_rules_restored_total"] == "20"
+    assert samples["netd_hook_routes_restored_total"] == "4"
+    assert samples["netd_hook_skipped_dead_total"] == "1"
+    assert samples["netd_hook_rejected_signals_total"] == "5"
+    assert samples["netd_hook_rollbacks_total"] == "0"
+    assert samples['netd_hook_protected_entries{kind="rule"}'] == "11"
+    assert samples['netd_hook_protected_entries{kind="route"}'] == "4"
+    assert samples["netd_hook_missing_entries"] == "3"
+    assert samples["netd_hook_held_back_entries"] == "1"
+    assert samples["netd_hook_outage_seconds_total"] == "12.5"
+    assert samples["netd_hook_last_repair_duration_seconds"] == "0.0015"
+    assert samples["netd_hook_networkd_settled"] == "1"
+    # every sample has its HELP and TYPE, once
+    families = {ln.split()[2] for ln in lines if ln.startswith("# TYPE")}
+    assert len(families) == len([ln for ln in lines if ln.startswith("# HELP")])
+    for name in samples:
+        assert name.split("{")[0] in families
+    assert text.endswith("\n")
+
+
+def test_metrics_without_repairs_still_expose_the_counter():
+    d = doc(last_repair=None)
+    d["counters"]["repairs_by_trigger"] = {}
+    text = metrics.render(d)
+    assert "\nnetd_hook_repairs_total 0\n" in text
+    assert "\nnetd_hook_last_repair_timestamp_seconds 0.0\n" in text
+
+
+def test_metrics_label_values_are_escaped():
+    d = doc()
+    d["counters"]["repairs_by_trigger"] = {'we"ird\\': 1}
+    assert 'netd_hook_repairs_total{trigger="we\\"ird\\\\"} 1' in metrics.render(d)
+
+
+def test_metrics_write_is_atomic_and_complete(tmp_path: Path):
+    path = tmp_path / "netd_hook.prom"
+    metrics.write(path, doc())
+    assert path.read_text() == metrics.render(doc())
+    assert [p.name for p in tmp_path.iterdir()] == ["netd_hook.prom"]  # no temp file left behind
+
+
+def test_metrics_textfile_config(tmp_path: Path):
+    cfg = config.parse({"metrics": {"textfile": "/var/lib/prometheus/node-exporter/netd_hook.prom"}}, "f.toml")
+    assert cfg.metrics_textfile == Path("/var/lib/prometheus/node-exporter/netd_hook.prom")
+    for bad in ("relative.prom", "/no/suffix.txt", 5):
+        with pytest.raises(config.ConfigError, match=r"f\.toml: \[metrics\] textfile: "):
+            config.parse({"metrics": {"textfile": bad}}, "f.toml")
+    with pytest.raises(config.ConfigError, match=r"\[metrics\] port"):
+        config.parse({"metrics": {"port": 9100}}, "f.toml")
+
+
+# grouping and rendering ------------------------------------------------------------------------
+
+
+def test_group_puts_pods_under_their_eni_table_and_node_rules_apart():
+    snap = Snapshot(
+        frozenset([*pod_rules("10.1.1.5", 2), *pod_rules("10.1.1.6", 2), *pod_rules("10.1.2.5", 3),
+                   *pod_rules("10.1.0.5", None), *NODE_RULES]),
+        frozenset([*eni_routes(1), *eni_routes(2)]),
+    )
+    g = ops.group(snap, node_addresses=frozenset({"10.0.1.10"}))
+    assert {t: [p.address for p in pods] for t, pods in g.pods.items()} == {
+        2: ["10.1.1.5", "10.1.1.6"], 3: ["10.1.2.5"], 254: ["10.1.0.5"]}
+    assert [len(p.rules) for p in g.pods[2]] == [2, 2]
+    assert [r.priority for r in g.node_rules] == [20, 1024, 32765]
+    assert g.devices == {2: "eth1", 3: "eth2"}
+    assert [r.dst for r in g.routes[2]] == ["0.0.0.0/0", "10.0.1.1/32"]
+    text = render.snapshot_text(g)
+    assert "table 2 (eth1): 2 pods" in text and "main (primary ENI): 1 pods" in text
+    assert "node-wide rules: 3" in text and "routes: 4 in 2 tables" in text
+    # without the node's addresses the 32765 rule looks like a pod's: say so by grouping it there
+    assert 32765 not in [r.priority for r in ops.group(snap).node_rules]
+
+
+def test_check_plans_like_the_daemon_with_the_liveness_gate():
+    rules = [*pod_rules("10.1.1.5", 2), *pod_rules("10.1.1.6", 2)]
+    snap = Snapshot(frozenset(rules), frozenset(eni_routes(1)))
+    links = [Link(1, "eth1"), Link(2, "eni5"), Link(3, "eni6")]
+    # kernel: 10.1.1.5's pod is alive (host route on its veth) but its rules are gone; 10.1.1.6 is gone
+    dump = Dump(rules=[], routes=list(eni_routes(1)), host_routes=[HostRoute("10.1.1.5", "eni5")], links=links)
+    chk = ops.check(snap, dump, config.Config().scope, frozenset({"eth1"}))
+    assert sorted(r.describe() for r in chk.plan.rules) == sorted(r.describe() for r in pod_rules("10.1.1.5", 2))
+    assert {s.entry.host_address() for s in chk.plan.skipped} == {"10.1.1.6"}
+    assert all(s.dead for s in chk.plan.skipped)
+    j = render.diff_json(chk)
+    assert len(j["missing"]) == 2 and len(j["held_back"]) == 2 and j["managed_links"] == ["eth1"]
+    assert "held back by the liveness gate (2)" in render.diff_text(chk)
+
+
+def test_managed_links_come_from_networkd_state_files(tmp_path: Path):
+    (tmp_path / "2").write_text("ADMIN_STATE=configured\nOPER_STATE=routable\n")
+    (tmp_path / "7").write_text("ADMIN_STATE=unmanaged\n")
+    (tmp_path / "not-a-link").write_text("ADMIN_STATE=configured\n")
+    states = ops.networkd_link_states(tmp_path)
+    assert states == {"2": "configured", "7": "unmanaged"}
+    dump = Dump(links=[Link(2, "eth1"), Link(7, "eni7")])
+    assert ops.managed_links(dump, states) == frozenset({"eth1"})
+    assert ops.networkd_link_states(tmp_path / "absent") == {}
+
+
+def test_read_snapshot_never_moves_a_corrupt_file(tmp_path: Path):
+    with pytest.raises(ops.OpsError, match="no snapshot at"):
+        ops.read_snapshot(tmp_path)
+    (tmp_path / "snapshot.json").write_text("{broken")
+    with pytest.raises(ops.OpsError, match=r"is corrupt .* `systemctl restart netd-hook`"):
+        ops.read_snapshot(tmp_path)
+    assert (tmp_path / "snapshot.json").read_text() == "{broken"
+
+
+def test_status_text_says_what_matters_first():
+    t = render.status_text(doc(), True, 1_700_000_110.0)
+    first = t.splitlines()[0]
+    assert first == "netd-hook: active, protecting"
+    assert "networkd: settled; owner :1.7 pid 99, generation 2" in t
+    assert "links: eth0 configured, eth1 configuring; 1 unmanaged" in t
+    assert "trigger reconfigure:eth1: +9 rules, +2 routes, 1 skipped (dead), 1.5 ms" in t
+    t = render.status_text(doc(missing=4), True, 1_700_000_110.0)
+    assert t.splitlines()[0] == "netd-hook: active, 4 protected entries MISSING" and "hint: netd-hook diff" in t
+    t = render.status_text(doc(), False, 1_700_000_110.0)
+    assert t.splitlines()[0] == "netd-hook: inactive (not running)" and "journalctl -u netd-hook" in t
+
+
+# exit codes of the commands that need no lab ----------------------------------------------------
+
+
+def test_status_exit_codes(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["status", "--runtime-dir", str(run)]) == cli.EXIT_NOT_RUNNING
+    assert "inactive" in capsys.readouterr().out
+    lock = status.DaemonLock(run)
+    try:
+        assert cli.main(["status", "--runtime-dir", str(run)]) == cli.EXIT_UNKNOWN  # running, nothing published
+        status.publish(run, doc())
+        assert cli.main(["status", "--runtime-dir", str(run)]) == cli.EXIT_OK
+        status.publish(run, doc(missing=2))
+        assert cli.main(["status", "--runtime-dir", str(run)]) == cli.EXIT_PROBLEM
+    finally:
+        lock.close()
+    assert cli.main(["status", "--runtime-dir", str(run)]) == cli.EXIT_NOT_RUNNING  # stale status, no daemon
+
+
+def test_status_json_is_the_published_document(tmp_path: Path, capsys):
+    lock = status.DaemonLock(tmp_path)
+    try:
+        status.publish(tmp_path, doc(missing=2))
+        capsys.readouterr()
+        assert cli.main(["status", "--runtime-dir", str(tmp_path), "--json"]) == cli.EXIT_PROBLEM
+        out = json.loads(capsys.readouterr().out)
+        assert out["running"] is True and out["status"]["missing"] == 2 and out["status"]["pid"] == 4242
+    finally:
+        lock.close()
+
+
+def test_wait_never_fails(tmp_path: Path, capsys):
+    assert cli.main(["wait", "--runtime-dir", str(tmp_path), "--timeout", "5"]) == 0
+    assert "not running; not waiting" in capsys.readouterr().err
+    lock = status.DaemonLock(tmp_path)
+    try:
+        status.publish(tmp_path, doc(complete=False))
+        assert cli.main(["wait", "--runtime-dir", str(tmp_path), "--timeout", "0.2"]) == 0
+        assert "gave up after 0.2s: networkd settled: True" in capsys.readouterr().err
+        # a bad configuration does not make it fail either
+        bad = tmp_path / "bad.toml"
+        bad.write_text("nonsense = 1\n")
+        assert cli.main(["wait", "--runtime-dir", str(tmp_path), "--timeout", "0", "--config", str(bad)]) == 0
+        assert "checking with the default scope" in capsys.readouterr().err
+    finally:
+        lock.close()
+
+
+def test_bad_config_is_exit_2_for_every_command(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[replay]\nquiet_ms = -1\n")
+    for command in ("status", "snapshot", "diff", "replay", "doctor"):
+        assert cli.main([command, "--config", str(bad), "--runtime-dir", str(tmp_path)]) == cli.EXIT_CONFIG
+        assert f"{bad}: [replay] quiet_ms: -1" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_and_the_exit_codes():
+    r = subprocess.run([sys.executable, "-m", "netd_hook", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0
+    for command in ("run", "status", "snapshot", "diff", "replay", "doctor", "wait"):
+        assert f"    {command} " in r.stdout
+    assert "3 the daemon is not running" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "netd_hook", "replay", "--help"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert "--dry-run" in r.stdout and "--runtime-dir" in r.stdout and "--state-dir" in r.stdout
+
+
+def test_snapshot_and_diff_without_a_snapshot_say_what_to_do(tmp_path: Path, capsys):
+    assert cli.main(["snapshot", "--state-dir", str(tmp_path)]) == cli.EXIT_PROBLEM
+    assert "has the daemon ever run with --state-dir" in capsys.readouterr().err
