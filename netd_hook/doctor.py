@@ -914,7 +914,7 @@ def render_text(findings: Sequence[Finding], verbose: bool = False) -> str:
     parts = [f"{counts[s]} {s.value}{'s' if s is Severity.WARNING and counts[s] != 1 else ''}"
              for s in (Severity.CRITICAL, Severity.WARNING, Severity.INFO, Severity.OK) if counts[s]]
     if counts[Severity.CRITICAL]:
-        verdict = "AT RISK: networkd can delete the CNI's rules and nothing puts them back"
+        verdict = "AT RISK: networkd can delete the CNI's rules or routes and nothing puts them back"
     elif counts[Severity.WARNING]:
         verdict = "needs attention"
     else:

@@ -583,8 +583,8 @@ def test_render_text_puts_the_worst_first_with_the_fix(tmp_path: Path) -> None:
             "> /etc/systemd/networkd.conf.d/80-netd-hook.conf") in lines
     assert ("             systemctl restart systemd-networkd   # networkctl reload does not re-read "
             "networkd.conf") in lines
-    assert lines[-1] == ("2 critical, 1 warning, 1 info, 2 ok: AT RISK: networkd can delete the CNI's rules "
-                         "and nothing puts them back")
+    assert lines[-1] == ("2 critical, 1 warning, 1 info, 2 ok: AT RISK: networkd can delete the CNI's rules or "
+                         "routes and nothing puts them back")
     assert "Read order" not in text
     assert "Read order (later files win)" in doctor.render_text(findings, verbose=True)
 
