@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                  "and netd-hook's own installation, and report each risk with its severity and fix. "
                  "Exit 1 when a warning or critical finding is reported.")
     dr.add_argument("--root", type=Path, default=Path("/"), help="read configuration under this directory")
+    dr.add_argument("--systemd-version", type=int, metavar="N",
+                    help="with --root: the tree's systemd version (default: assume 249 or later)")
+    dr.add_argument("--verbose", "-v", action="store_true", help="explain every finding")
     dr.add_argument("--json", action="store_true", help="machine-readable output")
     wt = command("wait", "wait until the daemon has repaired this networkd generation (ExecStartPost=)",
                  "Wait, bounded, until the running daemon has seen the networkd whose PID is $MAINPID (as "
@@ -131,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
-    from .journal import Notifier
+    from .journal import AuditSink, Notifier
     from .service import Service
+    from .service import log as service_log
 
     notifier = Notifier()
+    audit = AuditSink.open(logger=service_log)  # native journald entries when the journal is there
     fault = os.environ.get("NETD_HOOK_INJECT_FAULT", "")
     service = Service(cfg, args.config, notifier, args.bus_address,
-                      inject_fault=int(fault) if fault.isdigit() else 0, runtime_dir=runtime_dir)
+                      inject_fault=int(fault) if fault.isdigit() else 0, runtime_dir=runtime_dir, audit=audit)
     try:
         anyio.run(service.run, backend="asyncio")
     except KeyboardInterrupt:
@@ -147,6 +152,7 @@ def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> 
         return EXIT_PROBLEM
     finally:
         notifier.close()
+        audit.close()
     return EXIT_OK
 
 
@@ -234,12 +240,14 @@ def _replay(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) 
 def _doctor(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
     from . import doctor
 
-    facts, findings = doctor.run(args.root, runtime_dir, cfg.state_dir, time.time(), doctor.systemd_version(),
-                                 _progress)
+    # Under --root the tree is another system's: its systemd version is not this one's (None: assume >= 249).
+    version = doctor.systemd_version() if args.root.resolve() == Path("/") else args.systemd_version
+    progress = _progress if sys.stderr.isatty() else (lambda line: None)
+    facts, findings = doctor.run(args.root, runtime_dir, cfg.state_dir, time.time(), version, progress)
     if args.json:
         _json(doctor.to_json(findings, facts))
     else:
-        print(doctor.render_text(findings))
+        print(doctor.render_text(findings, args.verbose), end="")
     code: int = doctor.exit_code(findings)
     return code
 

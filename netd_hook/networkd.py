@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 import anyio
@@ -62,6 +62,7 @@ BACKOFF_MAX = 5.0
 # calls per connection; a node with many pod veths has hundreds of links.
 MAX_CONCURRENT_GETS = 16
 IFINDEX_MAX = 2**31 - 1  # ifindex is a positive int32 (struct ifinfomsg.ifi_index)
+MAX_PENDING_SENDERS = 64  # rejected senders kept for the next audit entry
 LOG_EVERY = 100  # rejected/bad signals: log the first and every LOG_EVERY-th at info/warning
 
 _LINK_LABEL = re.compile(r"[1-9][0-9]{0,9}")
@@ -88,6 +89,8 @@ class BusCounters:
     rejected_signals: int = 0  # not from the current owner of the name / forged NameOwnerChanged
     bad_values: int = 0  # unknown AdministrativeState values, malformed paths or bodies
     reconnects: int = 0  # successful connections to the bus after a lost one
+    # senders of rejections not yet audited (the service drains it; bounded against floods)
+    rejected_senders: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class Rejected:
     """A signal that claims to be about networkd but does not come from it."""
 
     reason: str
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,12 @@ def link_path(index: int) -> str:
     return f"{LINK_PATH_PREFIX}{index:d}"
 
 
+def _sender(sender: object) -> str:
+    """A bus sender for the audit record: printable, bounded."""
+    text = sender if isinstance(sender, str) else repr(sender)
+    return "".join(c if c.isprintable() else "?" for c in text[:64]) or "-"
+
+
 def _short(value: object) -> str:
     """Bus-supplied value for a log line: one line, printable, bounded."""
     if isinstance(value, Variant):
@@ -175,7 +185,8 @@ def translate(
         if not _in_namespace(path):
             return None
         if owner is None or sender != owner:
-            return Rejected(f"PropertiesChanged for {_short(path)} from {_short(sender)}, owner is {owner!r}")
+            return Rejected(f"PropertiesChanged for {_short(path)} from {_short(sender)}, owner is {owner!r}",
+                            _sender(sender))
         if len(body) != 3 or not isinstance(body[0], str) or not isinstance(body[1], dict):
             return BadValue(f"PropertiesChanged for {_short(path)} with body {_short(body)}")
         if body[0] != LINK_IFACE:
@@ -194,7 +205,7 @@ def translate(
         if not body or body[0] != NETWORKD:
             return None
         if sender != DBUS_NAME:
-            return Rejected(f"NameOwnerChanged for {NETWORKD} from {_short(sender)}")
+            return Rejected(f"NameOwnerChanged for {NETWORKD} from {_short(sender)}", _sender(sender))
         if len(body) != 3 or not all(isinstance(x, str) for x in body):
             return BadValue(f"NameOwnerChanged with body {_short(body)}")
         new = body[2]
@@ -253,6 +264,8 @@ class _Session:
                 log.debug("signal before the owner is known, dropped: %s", result.reason)
                 return
             self._counters.rejected_signals += 1
+            if len(self._counters.rejected_senders) < MAX_PENDING_SENDERS:
+                self._counters.rejected_senders.append(result.sender)
             n = self._counters.rejected_signals
             log.log(
                 logging.INFO if n == 1 or n % LOG_EVERY == 0 else logging.DEBUG,

@@ -33,6 +33,7 @@ class Outcome:
     already_present: int = 0
     set_aside: list[tuple[Entry, int]] = field(default_factory=list)
     rollbacks: int = 0
+    rolled_back: int = 0  # entries deleted again by those rollbacks
     batches: int = 0
     unknown: list[str] = field(default_factory=list)
     gave_up: bool = False
@@ -97,6 +98,7 @@ async def _rollback(
     if not added:
         return
     out.rollbacks += 1
+    out.rolled_back += len(added)
     # Rules first: they point at routes' tables, so undo in reverse order of the batch.
     ordered = [e for e in reversed(added) if isinstance(e, Rule)] + [e for e in reversed(added) if isinstance(e, Route)]
     result = await writer.send([delete_request(e) for e in ordered], timeout)

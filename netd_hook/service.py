@@ -23,7 +23,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import config as configmod
 from . import decide, metrics, netlink, ops, status, store
-from .journal import Notifier, RepairRecord, watchdog_interval
+from .journal import (
+    AuditSink,
+    Notifier,
+    RejectedSignals,
+    RepairRecord,
+    networkd_generation_audit,
+    rejected_signals_audit,
+    repair_audit,
+    rollback_audit,
+    snapshot_rebuilt_audit,
+    watchdog_interval,
+)
 from .model import Entry, Route, Rule
 from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkError, Unsupported
 from .networkd import BusCounters, OwnerPid, watch
@@ -63,8 +74,12 @@ class Reload:
 class Service:
     def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
                  bus_address: str | None = None, inject_fault: int = 0,
-                 runtime_dir: Path = status.DEFAULT_RUNTIME_DIR) -> None:
+                 runtime_dir: Path = status.DEFAULT_RUNTIME_DIR, audit: AuditSink | None = None) -> None:
         self.cfg = cfg
+        self.audit = audit or AuditSink(None, logger=log)  # journald, or log lines when there is none
+        self.rejected = RejectedSignals()
+        self.announced_generation = 0
+        self.previous_owner: str | None = None
         self.config_path = config_path
         self.state_dir = cfg.state_dir
         self.runtime_dir = runtime_dir
@@ -122,14 +137,17 @@ class Service:
         self.replay_lock = os.open(self.state_dir / ops.REPLAY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             loaded = store.load(self.state_dir)
-            if loaded.status == "corrupt":
-                log.error("snapshot file is corrupt (%s); moved aside to %s; rebuilding from the kernel",
-                          loaded.detail, loaded.moved_to)
-            elif loaded.status == "loaded":
+            if loaded.status == "loaded":
                 log.info("loaded snapshot: %d rules, %d routes",
                          len(loaded.snapshot.rules), len(loaded.snapshot.routes))
             self.tracker = Tracker(self.cfg.scope, loaded.snapshot)
             self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, dump_sock))
+            if loaded.status != "loaded":
+                why = (f"snapshot file is corrupt ({loaded.detail}); rebuilt from the kernel"
+                       if loaded.status == "corrupt" else "no snapshot file (first start); built from the kernel")
+                self.audit.emit(snapshot_rebuilt_audit(
+                    why, len(self.tracker.rules), len(self.tracker.snapshot().protected_routes()),
+                    corrupt=loaded.status == "corrupt", moved_to=loaded.moved_to))
             self._warm()
             self._save()
             async with anyio.create_task_group() as tg:
@@ -144,6 +162,9 @@ class Service:
                     tg.start_soon(self._watchdog, interval)
                 await self._loop()
         finally:
+            self.rejected, burst = self.rejected.flush(anyio.current_time())
+            if burst:
+                self.audit.emit(rejected_signals_audit(burst))
             with anyio.CancelScope(shield=True):
                 if hasattr(self, "tracker"):
                     try:
@@ -181,7 +202,8 @@ class Service:
 
     async def _loop(self) -> None:
         while True:
-            deadline = min(t for t in (self.wake_at, self.save_at, self.publish_at, math.inf) if t is not None)
+            timers = (self.wake_at, self.save_at, self.publish_at, self.rejected.deadline)
+            deadline = min(t for t in (*timers, math.inf) if t is not None)
             events, self.backlog = self.backlog, []
             if not events:
                 with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
@@ -214,6 +236,7 @@ class Service:
                 version, snap = self.tracker.version, self.tracker.snapshot()  # on the loop: no races
                 await anyio.to_thread.run_sync(store.save, self.state_dir, snap)
                 self.saved_version = version
+            self._audit_rejections(anyio.current_time())
             self._maybe_publish(anyio.current_time())
 
     async def _handle(self, events: list[Any], now: float) -> None:
@@ -235,14 +258,22 @@ class Service:
             elif isinstance(ev, OwnerPid):
                 self.ports.set_pid(ev.pid)
                 self.networkd_pid = ev.pid
+                if ev.pid is not None and self.generation != self.announced_generation:
+                    self.announced_generation = self.generation
+                    self.audit.emit(networkd_generation_audit(self.state.owner, ev.pid, self.generation,
+                                                              self.previous_owner))
             elif isinstance(ev, decide.LinkChanged):
                 await self._step(replace(ev, name=self.tracker.links.get(ev.index, "")))
             elif isinstance(ev, (decide.OwnerChanged, decide.LinksListed)):
                 if isinstance(ev, decide.OwnerChanged) and ev.owner != self.state.owner:
                     log.info("networkd owner: %s", ev.owner or "(none)")
-                    self.networkd_pid = None  # until its OwnerPid
+                    self.networkd_pid = None  # until its OwnerPid, which announces the generation
+                    if self.state.owner is not None:
+                        self.previous_owner = self.state.owner
                     if ev.owner is not None:
                         self.generation += 1
+                    else:
+                        self.audit.emit(networkd_generation_audit(None, None, self.generation, self.state.owner))
                 await self._step(ev)
             elif isinstance(ev, Reload):
                 await self._reload()
@@ -361,6 +392,9 @@ class Service:
         finally:
             fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
         self.set_aside.update(e for e, _ in out.set_aside)
+        if out.rollbacks and out.set_aside:
+            entry, err = out.set_aside[0]
+            self.audit.emit(rollback_audit(trigger, entry.describe(), err, out.rolled_back, failed=len(out.set_aside)))
         c = self.counters
         c.rules_restored += out.rules_restored
         c.routes_restored += out.routes_restored
@@ -402,7 +436,7 @@ class Service:
         self.counters.repairs += 1
         kind = trigger.partition(":")[0]
         self.counters.repairs_by_trigger[kind] = self.counters.repairs_by_trigger.get(kind, 0) + 1
-        log.warning("%s", rec.line())
+        self.audit.emit(repair_audit(rec))
         self.notifier.send(status=self._status())
 
     async def _remove_orphans(self) -> None:
@@ -448,6 +482,17 @@ class Service:
         logging.getLogger("netd_hook").setLevel(cfg.log_level.upper())
         log.info("reloaded configuration from %s", cfg.source)
         await self._step(decide.Suspect("reload"))
+
+    def _audit_rejections(self, now: float) -> None:
+        """At most one journal entry per window for signals that claim to be networkd's."""
+        senders, self.bus.rejected_senders = self.bus.rejected_senders, []
+        for sender in senders:
+            self.rejected, burst = self.rejected.reject(sender, now)
+            if burst:
+                self.audit.emit(rejected_signals_audit(burst))
+        self.rejected, burst = self.rejected.tick(now)
+        if burst:
+            self.audit.emit(rejected_signals_audit(burst))
 
     # what the CLI and the metrics see -------------------------------------------------------
 

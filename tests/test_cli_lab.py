@@ -209,3 +209,31 @@ def test_a_second_daemon_on_the_same_runtime_dir_refuses_to_start(node, tmp_path
     with Daemon(node, tmp_path / "state") as d:
         r = d.cli("run", "--log-level", "error")
         assert r.returncode == 1 and "another netd-hook daemon holds" in r.stderr
+
+
+def test_doctor_sees_the_running_daemon_and_the_risk(node, tmp_path: Path):  # noqa: F811
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd/system/systemd-networkd.service.d").mkdir(parents=True)
+    (root / "usr/lib/systemd/system/netd-hook.service").write_text("[Service]\n")
+    (root / "usr/lib/systemd/system/systemd-networkd.service.d/netd-hook.conf").write_text("[Service]\n")
+    (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
+    (root / "etc/systemd/system/multi-user.target.wants/netd-hook.service").symlink_to(
+        "/usr/lib/systemd/system/netd-hook.service")
+    with Daemon(node, tmp_path / "state") as d:
+        wait_until(lambda: (d.state_dir / "snapshot.json").exists(), 5, "snapshot saved")
+        code, doc = cli_json(d, "doctor", "--root", str(root), "--systemd-version", "249")
+        by_check = {f["check"]: f for f in doc["findings"]}
+        assert by_check["netd-hook.running"]["severity"] == "ok"
+        assert by_check["netd-hook.status"]["severity"] == "ok"
+        # at risk (networkd's defaults) but guarded: a warning, not critical
+        assert by_check["networkd.ManageForeignRoutingPolicyRules"]["severity"] == "warning"
+        assert code == 1
+        r = d.cli("doctor", "--root", str(root), "--systemd-version", "249")
+        assert "[  ok  ] netd-hook is running" in r.stdout and "needs attention" in r.stdout
+    (root / "etc/systemd/networkd.conf.d").mkdir(parents=True)
+    (root / "etc/systemd/networkd.conf.d/80-netd-hook.conf").write_text(
+        "[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\n")
+    code, doc = cli_json(d, "doctor", "--root", str(root), "--systemd-version", "249")
+    by_check = {f["check"]: f for f in doc["findings"]}
+    assert by_check["networkd.ManageForeignRoutingPolicyRules"]["severity"] == "ok"
+    assert by_check["netd-hook.running"]["severity"] in ("info", "ok")  # a cured node needs no guard

@@ -165,7 +165,7 @@ def test_corrupt_snapshot_is_set_aside_and_rebuilt_from_the_kernel(node, tmp_pat
     state.mkdir()
     (state / "snapshot.json").write_text("{garbage")
     with Daemon(node, state) as d:
-        d.wait_log(r"snapshot file is corrupt .* moved aside")
+        d.wait_log(r"snapshot-rebuilt reason=\"snapshot file is corrupt .* moved_to=\S+snapshot\.json\.corrupt-")
         assert [p.name.split("-")[0] for p in state.iterdir() if "corrupt" in p.name] == ["snapshot.json.corrupt"]
         want = healthy(node)
         mark = d.mark()

@@ -206,7 +206,8 @@ def test_initial_owner_and_listing(lab: Lab, probe: Probe) -> None:
     assert set(states.values()) <= SETTLED_STATES
     assert states[idx["eth0"]] == states[idx["eth1"]] == "configured"
     assert states[idx["lo"]] == "unmanaged"
-    assert probe.startup[-1]["counters"] == {"rejected_signals": 0, "bad_values": 0, "reconnects": 0}
+    assert probe.startup[-1]["counters"] == {"rejected_signals": 0, "bad_values": 0, "reconnects": 0,
+                                                "rejected_senders": []}
 
 
 def test_reconfigure_goes_through_busy_to_configured(lab: Lab, probe: Probe) -> None:
@@ -268,7 +269,11 @@ def test_forged_properties_changed_is_rejected(lab: Lab, probe: Probe) -> None:
     )
     events = probe.counters_until(lambda c: c["rejected_signals"] == before["rejected_signals"] + 1)
     assert [e for e in events if e["event"] == "LinkChanged"] == []
-    assert probe.counters()[1]["bad_values"] == before["bad_values"]
+    after = probe.counters()[1]
+    assert after["bad_values"] == before["bad_values"]
+    # the forger's unique name, for the audit record (the service drains this list)
+    new = after["rejected_senders"][len(before["rejected_senders"]):]
+    assert len(new) == 1 and new[0].startswith(":1.") and new[0] != lab.name_owner()
 
 
 def test_forged_name_owner_changed_is_ignored(lab: Lab, probe: Probe) -> None:
@@ -338,6 +343,7 @@ def test_bus_daemon_restart_reconnects() -> None:
             assert [e["pid"] for e in events if e["event"] == "OwnerPid"] == [networkd.pid]
             assert events[-1]["owner"] == owner
             wait_view(probe, lab, events)
-            assert probe.counters()[1] == {"rejected_signals": 0, "bad_values": 0, "reconnects": 1}
+            assert probe.counters()[1] == {"rejected_signals": 0, "bad_values": 0, "reconnects": 1,
+                                              "rejected_senders": []}
         finally:
             probe.close()

@@ -545,7 +545,7 @@ def test_session_forged_signals_are_counted_not_emitted() -> None:
         assert len(events) == n
 
     counters = anyio.run(run_session, nd, scenario, backend="asyncio")
-    assert counters == BusCounters(rejected_signals=3)
+    assert counters == BusCounters(rejected_signals=3, rejected_senders=[":1.99", ":1.99", ":1.99"])
 
 
 def test_session_subscription_failure_ends_the_session() -> None:
