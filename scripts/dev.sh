@@ -9,6 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+deb_build_packages() {  # what packaging/build-deb.sh and lintian need, when missing
+    local pkg
+    for pkg in build-essential dpkg-dev debhelper dh-python ca-certificates lintian; do
+        dpkg-query -W -f '${db:Status-Status}\n' "$pkg" 2>/dev/null | grep -qx installed || echo "$pkg"
+    done
+}
+
 need_os_packages() {
     local missing=()
     [ -x /lib/systemd/systemd-networkd ] || missing+=(systemd)
@@ -17,6 +24,9 @@ need_os_packages() {
     command -v ip >/dev/null || missing+=(iproute2)
     command -v nsenter >/dev/null || missing+=(util-linux)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    # The package tests (tests/test_package.py) build the .deb with Debian's own python3.
+    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    missing+=($(deb_build_packages))
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing OS packages: ${missing[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
