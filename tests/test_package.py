@@ -76,13 +76,16 @@ def test_versions_agree() -> None:
 
 def test_conffile_is_all_comments_and_its_values_are_the_defaults(tmp_path: Path) -> None:
     shipped = DEBIAN / "netd-hook.toml"
+    # all comments, section headers included: a later version that drops or renames a key or a
+    # section cannot be broken by an untouched copy of this file left in /etc
+    assert all(not line.strip() or line.startswith("#") for line in shipped.read_text().splitlines())
     cfg = configmod.load(shipped)
     assert dataclasses.replace(cfg, source="") == dataclasses.replace(configmod.Config(), source=""), \
         "the shipped configuration must change nothing"
     # Every commented-out key is a real key with a valid value, and the defaults it claims are
     # the defaults (the two marked "example" aside).
     uncommented = tmp_path / "uncommented.toml"
-    uncommented.write_text(re.sub(r"(?m)^# ([a-z_]+ = )", r"\1", shipped.read_text()))
+    uncommented.write_text(re.sub(r"(?m)^# ([a-z_]+ = |\[[a-z]+\])", r"\1", shipped.read_text()))
     cfg = configmod.load(uncommented)
     assert cfg.scope.include_tables == frozenset({2, 3}) and cfg.metrics_textfile is not None
     default = configmod.Config()
@@ -312,7 +315,7 @@ def test_installed_daemon_repairs_a_reconfigure_in_the_lab(installed_deb: Path, 
             lab.add_pod("10.1.1.5", 1)
             lab.add_pod("10.1.0.5", 0)
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", _SANDBOX, "sandbox", *cmd]
-            daemon = Daemon(lab, state, argv=argv, env=env, extra_args=["--runtime-dir", str(rundir)])
+            daemon = Daemon(lab, state, argv=argv, env=env, runtime_dir=rundir)
             try:
                 daemon.start()
                 assert daemon.proc is not None
