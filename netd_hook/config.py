@@ -130,7 +130,8 @@ def parse(doc: dict[str, Any], path: str) -> Config:
     if "exclude_priorities" in sec:
         kw["exclude_priorities"] = _ranges(path, "[scope] exclude_priorities", sec["exclude_priorities"])
     if "include_tables" in sec:
-        kw["include_tables"] = _tables(path, "[scope] include_tables", sec["include_tables"])
+        # [] reads as "no restriction" (as documented), not "no table at all"
+        kw["include_tables"] = _tables(path, "[scope] include_tables", sec["include_tables"]) or None
     if "exclude_tables" in sec:
         kw["exclude_tables"] = _tables(path, "[scope] exclude_tables", sec["exclude_tables"])
     if "exclude_protocols" in sec:

@@ -58,6 +58,13 @@ def test_protected_routes_follow_the_tables_rules_look_up():
     assert snap.protected_routes() == frozenset(eni_routes(1))
 
 
+def test_empty_include_tables_means_every_table_as_documented():
+    s = parse({"scope": {"include_tables": []}}, "t.toml").scope
+    assert s.include_tables is None and rule_in_scope(s, pod_rules("10.1.1.5", 2)[1])
+    s = parse({"scope": {"include_tables": [3]}}, "t.toml").scope
+    assert not rule_in_scope(s, pod_rules("10.1.1.5", 2)[1]) and rule_in_scope(s, pod_rules("10.1.1.5", 3)[1])
+
+
 def test_config_scope_keys(tmp_path: Path):
     cfg = parse(
         {
