@@ -819,7 +819,7 @@ def assess(facts: Facts, probe: statusmod.Probe | None, snapshot_mtime: float | 
         else:
             out.append(Finding("netd-hook.networkd-dropin", need,
                                f"netd-hook's drop-in for systemd-networkd.service is missing{why}",
-                               f"The package ships /usr/lib/systemd/system/{NETWORKD_DROPIN}.",
+                               f"The package ships /lib/systemd/system/{NETWORKD_DROPIN}.",
                                "Reinstall the netd-hook package, then: systemctl daemon-reload"))
     out.extend(_daemon_findings(probe, status, snapshot_mtime, now, stale_after, need, why, unit))
     return out
