@@ -201,9 +201,7 @@ def _snapshot(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 
 def _diff(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
-    snap = ops.read_snapshot(cfg.state_dir)
-    dump = ops.dump_kernel()
-    chk = ops.check(snap, dump, cfg.scope, ops.managed_links(dump, ops.networkd_link_states()))
+    chk = ops.check_now(ops.read_snapshot(cfg.state_dir), cfg.scope)
     if args.json:
         _json(render.diff_json(chk))
     else:
@@ -309,8 +307,7 @@ def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path, cfg
         snap = ops.read_snapshot(state_dir)
     except ops.OpsError:
         return ""  # nothing saved to check against: the daemon's word is all there is
-    dump = ops.dump_kernel()
-    chk = ops.check(snap, dump, cfg.scope, ops.managed_links(dump, ops.networkd_link_states()))
+    chk = ops.check_now(snap, cfg.scope)
     return f"the kernel still misses {len(chk.plan)} protected entries" if len(chk.plan) else ""
 
 if __name__ == "__main__":

@@ -79,8 +79,23 @@ class Check:
 
 
 def check(snapshot: Snapshot, dump: netlink.Dump, scope: Scope, managed: frozenset[str]) -> Check:
+    return _check(_tracker(snapshot, dump, scope), managed)
+
+
+def check_now(snapshot: Snapshot, scope: Scope, link_states: Mapping[str, str] | None = None) -> Check:
+    """`check` against a fresh dump of the kernel and networkd's current link states."""
+    dump = dump_kernel()
+    states = networkd_link_states() if link_states is None else link_states
+    return check(snapshot, dump, scope, managed_links(dump, states))
+
+
+def _tracker(snapshot: Snapshot, dump: netlink.Dump, scope: Scope) -> Tracker:
     t = Tracker(scope, snapshot)
     t.load(dump)
+    return t
+
+
+def _check(t: Tracker, managed: frozenset[str]) -> Check:
     snap = t.snapshot()
     p = plan(snap, t.present_rules, t.present_routes, t.liveness(managed), ())
     return Check(p, len(snap.rules), len(snap.protected_routes()), managed)
@@ -132,7 +147,8 @@ async def replay(state_dir: Path, scope: Scope, states: Mapping[str, str], *, dr
         started = time.perf_counter()
         progress("reading the kernel's rules and routes…")
         dump = dump_kernel()
-        chk = check(snap, dump, scope, managed_links(dump, states))
+        t = _tracker(snap, dump, scope)
+        chk = _check(t, managed_links(dump, states))
         res = ReplayResult(chk)
         n = len(chk.plan)
         progress(f"{n} entries to restore, {len(chk.plan.skipped)} held back by the liveness gate")
@@ -140,15 +156,12 @@ async def replay(state_dir: Path, scope: Scope, states: Mapping[str, str], *, dr
             return res
         progress(f"sending {n} entries in one netlink batch…")
         encoder = netlink.Encoder()
-        t = Tracker(scope, snap)
-        t.load(dump)
         sock = netlink.open_socket()
         try:
             writer = netlink.BatchWriter(sock)
 
             async def replan() -> Plan:
-                d = dump_kernel()
-                return check(snap, d, scope, managed_links(d, states)).plan
+                return check_now(snap, scope, states).plan
 
             def delete_request(entry: Entry) -> bytes:
                 index = t.ifindex(entry.oif) if isinstance(entry, Route) and entry.oif else None
