@@ -81,10 +81,6 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
     return "\n".join(lines)
 
 
-def _rule_line(rule: Rule) -> str:
-    return rule.describe()
-
-
 def snapshot_text(g: Groups) -> str:
     npods = sum(len(p) for p in g.pods.values())
     lines = [f"pod rules: {npods} pods"]
@@ -93,9 +89,9 @@ def snapshot_text(g: Groups) -> str:
             f" ({g.devices[table]})" if table in g.devices else "")
         lines.append(f"  {where}: {len(pods)} pods")
         for pod in pods:
-            lines.append(f"    {pod.address:<15} " + "; ".join(_rule_line(r) for r in pod.rules))
+            lines.append(f"    {pod.address:<15} " + "; ".join(r.describe() for r in pod.rules))
     lines.append(f"node-wide rules: {len(g.node_rules)}")
-    lines += [f"  {_rule_line(r)}" for r in g.node_rules]
+    lines += [f"  {r.describe()}" for r in g.node_rules]
     lines.append(f"routes: {sum(len(r) for r in g.routes.values())} in {len(g.routes)} tables")
     for table, routes in g.routes.items():
         lines.append(f"  table {table}:")
