@@ -115,11 +115,16 @@ def dump_kernel() -> netlink.Dump:
         sock.close()
 
 
+def open_lock(path: Path) -> int:
+    """Read-only is enough for flock, and keeps the lock usable by the daemon's own user when
+    root (an operator's `netd-hook replay`) created the file first."""
+    return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
 @contextmanager
 def replay_lock(state_dir: Path, progress: Progress) -> Iterator[None]:
     """Serialises one-shot replays with each other and with the daemon's batches."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / REPLAY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock(state_dir / REPLAY_LOCK)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

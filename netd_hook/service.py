@@ -134,7 +134,7 @@ class Service:
             self.writer = FaultyWriter(BatchWriter(batch_sock), self.inject_fault)
         self.dump_sock = dump_sock
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.replay_lock = os.open(self.state_dir / ops.REPLAY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.replay_lock = ops.open_lock(self.state_dir / ops.REPLAY_LOCK)
         try:
             loaded = store.load(self.state_dir)
             if loaded.status == "loaded":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -280,3 +283,47 @@ def test_help_lists_every_command_and_the_exit_codes():
 def test_snapshot_and_diff_without_a_snapshot_say_what_to_do(tmp_path: Path, capsys):
     assert cli.main(["snapshot", "--state-dir", str(tmp_path)]) == cli.EXIT_PROBLEM
     assert "has the daemon ever run with --state-dir" in capsys.readouterr().err
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
+def test_replay_lock_created_by_root_is_usable_by_the_daemons_user():
+    """An operator's `netd-hook replay` (root) may create the lock before the daemon (user
+    netd-hook, no CAP_DAC_OVERRIDE) ever opens it: the daemon must still be able to take it."""
+    state = Path(tempfile.mkdtemp(prefix="ndh-lock-"))  # not under pytest's root-only tmp
+    try:
+        os.chmod(state, 0o755)
+        with ops.replay_lock(state, lambda line: None):
+            pass
+        # everything imported first: the interpreter may live under root's 0700 home
+        code = ("import fcntl, os, pathlib, sys; from netd_hook import ops; os.setgid(65534); os.setuid(65534); "
+                "fd = ops.open_lock(pathlib.Path(sys.argv[1]) / ops.REPLAY_LOCK); "
+                "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+        r = subprocess.run([sys.executable, "-c", code, str(state)], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+    finally:
+        shutil.rmtree(state)
+
+
+def test_replay_lock_waits_for_a_holder_and_says_so(tmp_path: Path):
+    held = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)")
+    p = subprocess.Popen([sys.executable, "-c", held, str(tmp_path / ops.REPLAY_LOCK)], stdout=subprocess.PIPE,
+                         text=True)
+    lines: list[str] = []
+    entered = threading.Event()
+
+    def take() -> None:
+        with ops.replay_lock(tmp_path, lines.append):
+            entered.set()
+
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "held"
+        t = threading.Thread(target=take, daemon=True)
+        t.start()
+        assert not entered.wait(0.5)
+        assert lines and lines[0].startswith("waiting for") and "a repair is in progress" in lines[0]
+    finally:
+        p.kill()
+        p.wait()
+    assert entered.wait(5)  # released when the holder died
