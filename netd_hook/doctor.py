@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from . import status as statusmod
+from .render import age
 from .store import SNAPSHOT_FILE
 
 FORMAT = "netd-hook/doctor"
@@ -578,17 +579,6 @@ def systemd_version(networkctl: str = "networkctl", timeout: float = 5.0) -> int
 # ---------------------------------------------------------------------------- assessment (pure)
 
 
-def _age(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
 def _cure_name(conf_files: Sequence[ConfFile]) -> str:
     """A drop-in name that sorts after every drop-in that sets one of the keys (later wins)."""
     setters = [os.path.basename(f.path) for f in conf_files
@@ -829,13 +819,13 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                      now: float, stale_after: float, need: Severity, why: str, unit: UnitFacts) -> list[Finding]:
     out: list[Finding] = []
     running = probe is not None and probe.running
-    snap = f"netd-hook's snapshot was written {_age(now - snapshot_mtime)} ago" if snapshot_mtime is not None else ""
+    snap = f"netd-hook's snapshot was written {age(now - snapshot_mtime)} ago" if snapshot_mtime is not None else ""
     if not running and unit.unit_file is None:
         return out  # "not installed" says it all
     if not running:
         last = ""
         if status is not None and isinstance(status.get("updated_at"), (int, float)):
-            last = f" Its last status was published {_age(now - float(status['updated_at']))} ago."
+            last = f" Its last status was published {age(now - float(status['updated_at']))} ago."
         out.append(Finding("netd-hook.running", need, f"netd-hook is not running{why}",
                            "Nothing puts back what networkd deletes." + last,
                            ("systemctl start netd-hook\n" if unit.unit_file and not unit.masked else "")
@@ -852,7 +842,7 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
     else:
         pid = status.get("pid")
         started = status.get("started_at")
-        up = f", up {_age(now - float(started))}" if isinstance(started, (int, float)) else ""
+        up = f", up {age(now - float(started))}" if isinstance(started, (int, float)) else ""
         out.append(Finding("netd-hook.running", Severity.OK, f"netd-hook is running (pid {pid}{up})"))
         updated = status.get("updated_at")
         if not isinstance(updated, (int, float)):
@@ -860,7 +850,7 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                                "Cannot tell whether the daemon is alive.", "journalctl -u netd-hook -n 50 --no-pager"))
         elif now - float(updated) > stale_after:
             out.append(Finding("netd-hook.status", Severity.WARNING,
-                               f"netd-hook's status is stale: last published {_age(now - float(updated))} ago "
+                               f"netd-hook's status is stale: last published {age(now - float(updated))} ago "
                                f"(more than {int(stale_after)}s)",
                                "The daemon holds its lock but has stopped publishing: it may be stuck.",
                                "journalctl -u netd-hook -n 50 --no-pager\nsystemctl restart netd-hook"))
@@ -870,7 +860,7 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
             if isinstance(prot, dict):
                 what = f": protecting {prot.get('rules', '?')} rules, {prot.get('routes', '?')} routes"
             out.append(Finding("netd-hook.status", Severity.OK,
-                               f"netd-hook's status is fresh (published {_age(now - float(updated))} ago){what}"))
+                               f"netd-hook's status is fresh (published {age(now - float(updated))} ago){what}"))
             missing = status.get("missing")
             if isinstance(missing, int) and missing > 0:
                 out.append(Finding("netd-hook.missing", Severity.WARNING,

@@ -11,17 +11,20 @@ from .ops import MAIN, Check, Groups, ReplayResult
 from .plan import Plan
 
 
-def _ago(then: float | None, now: float) -> str:
-    if not then:
-        return "never"
-    s = max(0.0, now - then)
+def age(seconds: float) -> str:
+    """A duration as people read it: 42s, 5m 3s, 2h 7m, 3d 4h."""
+    s = max(0, int(seconds))
     if s < 60:
-        return f"{s:.0f}s ago"
+        return f"{s}s"
     if s < 3600:
-        return f"{s / 60:.0f}min ago"
+        return f"{s // 60}m {s % 60}s"
     if s < 86400:
-        return f"{s / 3600:.1f}h ago"
-    return f"{s / 86400:.1f}d ago"
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _ago(then: float | None, now: float) -> str:
+    return f"{age(now - then)} ago" if then else "never"
 
 
 def _when(t: float) -> str:

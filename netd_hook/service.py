@@ -303,13 +303,7 @@ class Service:
         changes already queued are applied first (they are older), then what the socket holds;
         other events wait in the backlog, in order.
         """
-        held: list[Any] = []
-        while True:
-            try:
-                held.append(self.rx.receive_nowait())
-            except anyio.WouldBlock:
-                break
-        held.extend(netlink.read_available(self.mon, self.tracker.links))
+        held = self._pending()
         lost: dict[str, int] = {}
         for ev in _flatten(held):
             if isinstance(ev, Change):
@@ -518,9 +512,9 @@ class Service:
         else:
             self.publish_at = self.published_at + PUBLISH_INTERVAL
 
-    def _publish(self, now: float) -> None:
-        # Only from a consistent picture: netlink changes still unread (our own batch's echoes
-        # among them) are queued for the loop first, in order, and publishing waits for them.
+    def _pending(self) -> list[Any]:
+        """Everything queued for the loop, then what the monitor socket holds, in that order
+        (queued events are older)."""
         held: list[Any] = []
         while True:
             try:
@@ -528,6 +522,12 @@ class Service:
             except anyio.WouldBlock:
                 break
         held.extend(netlink.read_available(self.mon, self.tracker.links))
+        return held
+
+    def _publish(self, now: float) -> None:
+        # Only from a consistent picture: netlink changes still unread (our own batch's echoes
+        # among them) are queued for the loop first, in order, and publishing waits for them.
+        held = self._pending()
         if held:
             self.backlog.extend(held)
             self.publish_at = now  # right after the loop has handled them
