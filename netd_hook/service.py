@@ -146,7 +146,7 @@ class Service:
                 why = (f"snapshot file is corrupt ({loaded.detail}); rebuilt from the kernel"
                        if loaded.status == "corrupt" else "no snapshot file (first start); built from the kernel")
                 self.audit.emit(snapshot_rebuilt_audit(
-                    why, len(self.tracker.rules), len(self.tracker.snapshot().protected_routes()),
+                    why, len(self.tracker.rules), self.tracker.protected_route_count(),
                     corrupt=loaded.status == "corrupt", moved_to=loaded.moved_to))
             self._warm()
             self._save()
@@ -565,7 +565,7 @@ class Service:
             },
             # Nothing missing, nothing pending, networkd settled: what `netd-hook wait` waits for.
             "complete": bool(st.owner and settled and not (st.busy or st.lost or st.verify) and missing == 0),
-            "protected": {"rules": len(t.rules), "routes": len(t.snapshot().protected_routes())},
+            "protected": {"rules": len(t.rules), "routes": t.protected_route_count()},
             "missing": missing,
             "held_back": held_back,
             "set_aside": [e.describe() for e in sorted(self.set_aside, key=lambda e: e.describe())][:50],
@@ -588,7 +588,7 @@ class Service:
     def _status(self) -> str:
         t = self.tracker
         settled = decide.settled(self.state, anyio.current_time())
-        s = (f"protecting {len(t.rules)} rules, {len(t.snapshot().protected_routes())} routes; "
+        s = (f"protecting {len(t.rules)} rules, {t.protected_route_count()} routes; "
              f"networkd {'settled' if settled else 'busy'}; repairs {self.counters.repairs}")
         if self.last_repair:
             s += f"; last: {self.last_repair.trigger} +{self.last_repair.rules_restored} rules"

@@ -99,6 +99,10 @@ class Tracker:
             return entry in self.rules
         return entry in self.routes and entry.table in self._tables
 
+    def protected_route_count(self) -> int:
+        """`len(snapshot().protected_routes())` without copying the snapshot (status, 2/s)."""
+        return sum(1 for r in self.routes if r.table in self._tables)
+
     def snapshot(self) -> Snapshot:
         return Snapshot(frozenset(self.rules), frozenset(self.routes))
 

@@ -167,3 +167,11 @@ def test_a_pod_that_vanished_between_two_dumps_is_an_orphan_too():
     t.load(Dump(rules=[rule512], links=[Link(2, "eth0")]))  # no host route for 10.1.1.5 any more
     assert t.orphans == [rule512]
     assert rule512 not in t.rules  # forgotten, not protected again by the merge of the same dump
+
+
+def test_protected_route_count_is_the_snapshots_without_copying_it():
+    stray = Route(AF_INET, 7, "0.0.0.0/0", oif="eth1", gateway="10.0.1.1")  # no rule looks up table 7
+    t = Tracker(Scope(), Snapshot(frozenset(pod_rules("10.1.1.5", 2)), frozenset([*eni_routes(1), stray])))
+    assert t.protected_route_count() == len(t.snapshot().protected_routes()) == 2
+    t.forget(pod_rules("10.1.1.5", 2))  # the last rule looking up table 2 goes: so do its routes' protection
+    assert t.protected_route_count() == len(t.snapshot().protected_routes()) == 0
