@@ -33,6 +33,13 @@ def protected_rules(lab: Lab) -> int:
     return sum(1 for fam in (4, 6) for r in lab.rules(fam) if r.get("protocol") != "kernel")
 
 
+def wipe(lab: Lab, want, *links: str) -> None:
+    """networkd reconfigures `links`; returns once it has settled and its wipe shows in the kernel."""
+    lab.reconfigure(*links)
+    lab.wait_settled()
+    wait_until(lambda: healthy(lab)[0] != want[0], 3, "the wipe")
+
+
 def cli_json(d: Daemon, *args: str) -> tuple[int, dict]:
     r = d.cli(*args, "--json")
     assert r.stdout, r.stderr
@@ -83,9 +90,7 @@ def test_an_outage_in_progress_shows_in_status_diff_and_metrics(node, tmp_path: 
     want = healthy(node)
     with Daemon(node, tmp_path / "state", config=SLOW) as d:
         mark = d.mark()
-        node.reconfigure("eth1")
-        node.wait_settled()
-        wait_until(lambda: healthy(node)[0] != want[0], 3, "the wipe")
+        wipe(node, want, "eth1")
         gone = want[0] - rule_set(node)
 
         def missing_published():
@@ -135,9 +140,7 @@ def test_one_shot_replay_restores_exactly_what_is_missing(node, tmp_path: Path):
         d.stop()
         r = d.cli("status")
         assert r.returncode == 3 and "inactive" in r.stdout
-        node.reconfigure("eth1", "eth2")  # nobody repairs it now
-        node.wait_settled()
-        wait_until(lambda: healthy(node) != want, 3, "the wipe")
+        wipe(node, want, "eth1", "eth2")  # nobody repairs it now
         broken = healthy(node)
 
         code, diff = cli_json(d, "diff")
@@ -166,9 +169,7 @@ def test_one_shot_replay_beside_the_running_daemon(node, tmp_path: Path):  # noq
     want = healthy(node)
     with Daemon(node, tmp_path / "state", config=SLOW) as d:
         mark = d.mark()
-        node.reconfigure("eth1")
-        node.wait_settled()
-        wait_until(lambda: healthy(node)[0] != want[0], 3, "the wipe")
+        wipe(node, want, "eth1")
         r = d.cli("replay")  # before the daemon's quiet time is over
         assert r.returncode == 0 and "restored" in r.stdout, r.stdout + r.stderr
         assert healthy(node)[0] == want[0]
