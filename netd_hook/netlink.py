@@ -417,10 +417,11 @@ class Encoder:
         return len(self._cache)
 
 
-def delete_request(entry: Entry, ifindex: int | None) -> bytes:
+def delete_request(entry: Entry, ifindex: Callable[[str], int | None]) -> bytes:
+    """`ifindex` resolves a route's device by name (as for Encoder.add_request)."""
     if isinstance(entry, Rule):
         return encode_rule(entry, RTM_DELRULE, DEL_FLAGS)
-    return encode_route(entry, ifindex, RTM_DELROUTE, DEL_FLAGS)
+    return encode_route(entry, ifindex(entry.oif) if entry.oif else None, RTM_DELROUTE, DEL_FLAGS)
 
 
 # Sockets ----------------------------------------------------------------------------------

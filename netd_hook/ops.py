@@ -14,11 +14,11 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import netlink
-from .model import Entry, FormatError, Route, Rule, Snapshot, snapshot_from_json
+from .model import FormatError, Route, Rule, Snapshot, snapshot_from_json
 from .plan import Plan, plan
 from .replay import Outcome, execute
 from .scope import Scope
@@ -141,7 +141,6 @@ class ReplayResult:
     check: Check
     outcome: Outcome | None = None  # None: dry run, or nothing to do
     duration_ms: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 async def replay(state_dir: Path, scope: Scope, states: Mapping[str, str], *, dry_run: bool,
@@ -168,11 +167,8 @@ async def replay(state_dir: Path, scope: Scope, states: Mapping[str, str], *, dr
             async def replan() -> Plan:
                 return check_now(snap, scope, states).plan
 
-            def delete_request(entry: Entry) -> bytes:
-                index = t.ifindex(entry.oif) if isinstance(entry, Route) and entry.oif else None
-                return netlink.delete_request(entry, index)
-
-            res.outcome = await execute(chk.plan, lambda e: encoder.add_request(e, t.ifindex), delete_request,
+            res.outcome = await execute(chk.plan, lambda e: encoder.add_request(e, t.ifindex),
+                                        lambda e: netlink.delete_request(e, t.ifindex),
                                         writer, timeout=timeout, max_attempts=max_attempts, replan=replan)
         finally:
             sock.close()

@@ -435,7 +435,7 @@ class Service:
 
     async def _remove_orphans(self) -> None:
         orphans, self.tracker.orphans = self.tracker.orphans, []
-        result = await self.writer.send([netlink.delete_request(r, None) for r in orphans],
+        result = await self.writer.send([self._delete_request(r) for r in orphans],
                                         self.cfg.replay.ack_timeout_ms / 1000)
         self.counters.orphans_removed += len(result.acked)
         for rule in orphans:
@@ -447,8 +447,7 @@ class Service:
         return self.encoder.add_request(entry, self.tracker.ifindex)
 
     def _delete_request(self, entry: Entry) -> bytes:
-        index = self.tracker.ifindex(entry.oif) if isinstance(entry, Route) and entry.oif else None
-        return netlink.delete_request(entry, index)
+        return netlink.delete_request(entry, self.tracker.ifindex)
 
     def _warm(self) -> None:
         fresh, self.tracker.fresh = self.tracker.fresh, []
