@@ -271,7 +271,6 @@ def _wait_inner(args: argparse.Namespace) -> int:
     state_dir = args.state_dir.absolute() if args.state_dir else cfg.state_dir
     started = time.monotonic()
     deadline = started + max(0.0, args.timeout)
-    why = "the daemon has not published its status"
     while True:
         pr = status.probe(runtime_dir)
         if not pr.running:
