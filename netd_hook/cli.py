@@ -134,15 +134,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
+    from . import netlink
     from .journal import AuditSink, Notifier
     from .service import Service
     from .service import log as service_log
 
+    # First: the sockets systemd passed (Sockets=systemd-networkd.socket): networkd's rtnetlink socket.
+    passed, other = netlink.rtnetlink_sockets(netlink.listen_fds())
+    for what in other:
+        service_log.warning("ignoring a file descriptor systemd passed: %s", what)
     notifier = Notifier()
     audit = AuditSink.open(logger=service_log)  # native journald entries when the journal is there
     fault = os.environ.get("NETD_HOOK_INJECT_FAULT", "")
     service = Service(cfg, args.config, notifier, args.bus_address,
-                      inject_fault=int(fault) if fault.isdigit() else 0, runtime_dir=runtime_dir, audit=audit)
+                      inject_fault=int(fault) if fault.isdigit() else 0, runtime_dir=runtime_dir, audit=audit,
+                      networkd_sockets=passed)
     try:
         anyio.run(service.run, backend="asyncio")
     except KeyboardInterrupt:
@@ -182,7 +188,8 @@ def _status(args: argparse.Namespace, runtime_dir: Path) -> int:
         print(render.status_text(pr.status, pr.running, time.time()))
     if not pr.running:
         return EXIT_NOT_RUNNING
-    return EXIT_PROBLEM if pr.status.get("missing") else EXIT_OK
+    doubt = (pr.status.get("forgotten") or {}).get("doubt")
+    return EXIT_PROBLEM if pr.status.get("missing") or doubt else EXIT_OK
 
 
 def _snapshot(args: argparse.Namespace, cfg: configmod.Config) -> int:
@@ -278,11 +285,17 @@ def _wait_inner(args: argparse.Namespace) -> int:
             return EXIT_OK
         why = _not_done(pr.status, want, state_dir, cfg)
         if not why:
-            last = (pr.status or {}).get("last_repair") or {}
-            nd = (pr.status or {}).get("networkd", {})
+            doc = pr.status or {}
+            last = doc.get("last_repair") or {}
+            nd = doc.get("networkd", {})
+            forgotten = doc.get("forgotten") or {}
             print(f"netd-hook wait: networkd generation {nd.get('generation')} (pid {nd.get('pid')}) is settled "
-                  f"and the kernel has every protected entry, after {time.monotonic() - started:.2f}s "
-                  f"(last repair: {last.get('trigger', 'none')})", file=sys.stderr)
+                  f"and the kernel has every entry netd-hook still protects, after {time.monotonic() - started:.2f}s "
+                  f"(last repair: {last.get('trigger', 'none')}; forgotten as deleted on purpose in this "
+                  f"generation: {forgotten.get('generation', '?')})", file=sys.stderr)
+            if forgotten.get("doubt"):
+                print(f"netd-hook wait: NOT VOUCHED WHOLE: {forgotten['doubt']}; see `netd-hook status`",
+                      file=sys.stderr)
             return EXIT_OK
         if time.monotonic() >= deadline:
             print(f"netd-hook wait: gave up after {args.timeout:g}s: {why}; see `netd-hook status`",

@@ -310,6 +310,7 @@ MESSAGE_ID_ROLLBACK = "42ca24a307504d3fb8e4b59f2acb432b"
 MESSAGE_ID_REJECTED_SIGNALS = "16c9e29f67304724b2609ad397d0c0b7"
 MESSAGE_ID_SNAPSHOT_REBUILT = "86102935c4624c3aac843f766b9b588d"
 MESSAGE_ID_NETWORKD_GENERATION = "673ebf16c5574f6faf247b96df0ae5a9"
+MESSAGE_ID_FORGOTTEN_BULK = "208c2ee2ebe949c4bf2d850a94e6374f"
 
 MESSAGE_IDS = {
     "repair": MESSAGE_ID_REPAIR,
@@ -317,6 +318,7 @@ MESSAGE_IDS = {
     "rejected-signals": MESSAGE_ID_REJECTED_SIGNALS,
     "snapshot-rebuilt": MESSAGE_ID_SNAPSHOT_REBUILT,
     "networkd-generation": MESSAGE_ID_NETWORKD_GENERATION,
+    "forgotten-bulk": MESSAGE_ID_FORGOTTEN_BULK,
 }
 
 MAX_SENDERS = 8  # distinct bus senders named in one REJECTED_SIGNALS entry
@@ -341,6 +343,9 @@ class Audit:
     |                     | 5 notice otherwise (missing: first start) |                                  |
     | NETWORKD_GENERATION | 5 notice                                  | expected on restarts; context    |
     |                     |                                           | for the repairs that follow      |
+    | FORGOTTEN_BULK      | 4 warning                                 | many entries forgotten as        |
+    |                     |                                           | deliberate while networkd was    |
+    |                     |                                           | busy: "whole" is in doubt        |
     """
 
     message_id: str
@@ -481,6 +486,17 @@ def networkd_generation_audit(owner: str | None, pid: int | None, generation: in
     items = [("networkd_owner", owner or "-"), ("networkd_pid", "-" if pid is None else str(pid)),
              ("generation", str(generation)), ("previous_owner", previous_owner or "-")]
     return Audit(MESSAGE_ID_NETWORKD_GENERATION, NOTICE, _line("networkd-generation", items), _fields(items))
+
+
+def forgotten_bulk_audit(doubt: str, while_busy: int, generation: int,
+                         ports: Iterable[tuple[int, str | None]]) -> Audit:
+    """Once per networkd generation: many protected entries deleted by others while networkd was
+    busy, and forgotten (ledger in forgotten.py)."""
+    seen = sorted(set(ports))
+    items = [("forgotten", str(while_busy)), ("generation", str(generation)),
+             ("ports", ",".join(str(p) for p, _ in seen)), ("processes", ",".join(n or "?" for _, n in seen))]
+    return Audit(MESSAGE_ID_FORGOTTEN_BULK, WARNING, _line("forgotten-bulk", items) + f": {doubt}",
+                 {**_fields(items), "NETD_HOOK_DOUBT": doubt})
 
 
 def log_level(priority: int) -> int:

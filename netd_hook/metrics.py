@@ -61,6 +61,13 @@ def render(doc: Mapping[str, Any]) -> str:
                      {"": doc.get("missing", 0)})
     lines += _family("held_back_entries", "gauge", "missing entries the liveness gate holds back",
                      {"": doc.get("held_back", 0)})
+    forgotten = doc.get("forgotten") or {}
+    lines += _family("forgotten_while_networkd_busy_entries", "gauge",
+                     "entries forgotten as deliberate while networkd was busy, this networkd generation "
+                     "(many: the node may not be whole)", {"": forgotten.get("while_busy", 0)})
+    lines += _family("forgotten_doubt", "gauge",
+                     "1 when so many entries were forgotten while networkd was busy that netd-hook cannot vouch "
+                     "for the node", {"": int(bool(forgotten.get("doubt")))})
     lines += _family("outage_seconds_total", "counter",
                      "seconds during which protected entries were missing (the node's actual outage)",
                      {"": float(doc.get("outage_seconds", 0.0))})

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -454,6 +454,72 @@ def grow_buffers(sock: socket.socket, rcvbuf: int = 0, sndbuf: int = 0) -> None:
 
 def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[0])
+
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3)
+
+
+def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[int]:
+    """The file descriptors systemd passed (sd_listen_fds(3) with unset_environment=1): only
+    when LISTEN_PID is this process, so a child that inherited the variables takes nothing.
+    The variables are removed either way; the fds are marked close-on-exec."""
+    env = os.environ if environ is None else environ
+    pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
+    env.pop("LISTEN_FDNAMES", None)
+    if not pid or not count:
+        return []
+    if not (pid.isdigit() and count.isdigit()) or int(pid) != os.getpid():
+        log.debug("LISTEN_PID=%r LISTEN_FDS=%r are not for this process: no sockets taken", pid, count)
+        return []
+    fds = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + min(int(count), 64)):
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:  # not open after all
+            continue
+        fds.append(fd)
+    return fds
+
+
+@dataclass(frozen=True, slots=True)
+class ListenedSocket:
+    """A socket systemd passed: networkd's rtnetlink socket when netd-hook.service has
+    `Sockets=systemd-networkd.socket`. Held open, never read, never polled."""
+
+    sock: socket.socket
+    port: int
+    inode: int
+
+
+def rtnetlink_sockets(fds: Sequence[int]) -> tuple[list[ListenedSocket], list[str]]:
+    """Split passed fds into rtnetlink sockets (kept) and the rest (closed, each described)."""
+    kept: list[ListenedSocket] = []
+    other: list[str] = []
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            other.append(f"fd {fd}: {exc.strerror or exc}")
+            _close_fd(fd)
+            continue
+        if sock.family != socket.AF_NETLINK or sock.proto != NETLINK_ROUTE:
+            other.append(f"fd {fd}: family {sock.family}, protocol {sock.proto}: not rtnetlink")
+            sock.detach()
+            _close_fd(fd)
+            continue
+        try:
+            kept.append(ListenedSocket(sock, port_of(sock), os.fstat(fd).st_ino))
+        except OSError as exc:
+            other.append(f"fd {fd}: {exc.strerror or exc}")
+            sock.close()
+    return kept, other
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _recv(sock: socket.socket, size: int = 1 << 18) -> bytes | None:

@@ -1,15 +1,25 @@
 """Is a netlink port networkd's? (the attribution adapter)
 
-networkd's rtnetlink socket is autobound, so its port id is networkd's PID (checked on
-systemd 252: the deletions of `networkctl reconfigure` carry nlmsg_pid == networkd's pid). The
-PID comes from the bus (GetConnectionUnixProcessID of the name's owner, vouched for by the bus
-daemon); before networkd has taken its name (it drops foreign rules while starting up), the
-process's comm tells: /proc/<pid>/comm is world-readable, so this works with only CAP_NET_ADMIN.
-The port is an integer from the kernel, never bus data.
+A notification's `nlmsg_pid` is the port id of the socket whose request caused it. networkd's
+requests go through one rtnetlink socket, which it gets one of two ways:
+
+- **Socket activation** (the default on Debian 12/13 and Ubuntu 22.04/24.04):
+  `systemd-networkd.socket` makes PID 1 bind the socket and hand it to each networkd it starts.
+  Its port is whatever PID 1 got when it bound it (1 on a real node, anything in a test), and it
+  stays the same across networkd restarts. netd-hook.service has `Sockets=systemd-networkd.socket`,
+  so systemd hands netd-hook the very same socket: its `getsockname()` is networkd's port. That
+  socket is held, never read (the messages in it are networkd's).
+- **networkd binds its own** (no socket unit, or started by hand): the socket is autobound, so its
+  port is networkd's PID, which the bus gives for the owner of `org.freedesktop.network1`
+  (GetConnectionUnixProcessID). Before networkd has taken its name, /proc/<port>/comm tells
+  (world-readable: netd-hook's unit has ProcSubset=pid but not ProtectProc=invisible).
+
+The port is always an integer from the kernel, never bus data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 NETWORKD_COMM = "systemd-network"  # "systemd-networkd" cut to TASK_COMM_LEN - 1
@@ -17,8 +27,9 @@ PID_MAX = 1 << 22  # kernel's PID_MAX_LIMIT on 64-bit: larger ports are not PIDs
 
 
 class NetworkdPorts:
-    def __init__(self, proc: Path = Path("/proc")) -> None:
+    def __init__(self, sockets: Iterable[int] = (), proc: Path = Path("/proc")) -> None:
         self._proc = proc
+        self.sockets = frozenset(sockets)  # ports of the rtnetlink sockets systemd passed us
         self.pid: int | None = None
         self._cache: dict[int, bool] = {}
 
@@ -27,17 +38,28 @@ class NetworkdPorts:
         self._cache.clear()  # PIDs get reused: verdicts are only good within one generation
 
     def __call__(self, port: int) -> bool:
-        if port == self.pid:
+        if port in self.sockets or port == self.pid:
             return True
         verdict = self._cache.get(port)
         if verdict is None:
-            verdict = 0 < port < PID_MAX and self._comm(port) == NETWORKD_COMM
+            verdict = 0 < port < PID_MAX and self.comm(port) == NETWORKD_COMM
             if len(self._cache) > 4096:
                 self._cache.clear()
             self._cache[port] = verdict
         return verdict
 
-    def _comm(self, pid: int) -> str | None:
+    def process(self, port: int) -> str | None:
+        """Best effort, for the audit trail: the name of the process that probably owns `port`.
+        An autobound port is its process's PID unless that was taken (then a large one)."""
+        if port == 0:
+            return "kernel"
+        if port in self.sockets:
+            return "systemd-networkd (socket from systemd)"
+        if not 0 < port < PID_MAX:
+            return None
+        return self.comm(port)
+
+    def comm(self, pid: int) -> str | None:
         try:
             return (self._proc / str(pid) / "comm").read_text().strip()
         except OSError:

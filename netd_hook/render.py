@@ -36,10 +36,14 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
     c: Mapping[str, Any] = doc.get("counters", {})
     prot: Mapping[str, Any] = doc.get("protected", {})
     missing = int(doc.get("missing", 0))
+    forgotten: Mapping[str, Any] = doc.get("forgotten") or {}
+    doubt = forgotten.get("doubt")
     if not running:
         head = "inactive (not running)"
     elif missing:
         head = f"active, {missing} protected entries MISSING"
+    elif doubt:
+        head = "active, but NOT VOUCHED WHOLE (entries forgotten in bulk while networkd was busy)"
     else:
         head = "active, protecting"
     lines = [f"netd-hook: {head}"]
@@ -74,6 +78,14 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
                  f"{c.get('routes_restored', 0)} routes restored, {c.get('skipped_dead', 0)} skipped by the gate, "
                  f"{c.get('rollbacks', 0)} rollbacks, {c.get('rejected_signals', 0)} rejected bus signals; "
                  f"outage {float(doc.get('outage_seconds', 0.0)):.3f}s")
+    if forgotten.get("total"):
+        by = ", ".join(f"port {p.get('port')} ({p.get('process') or '?'}): {p.get('count')}"
+                       for p in forgotten.get("by_port", [])[:4])
+        lines.append(f"  forgot: {forgotten.get('total')} entries deleted by others, never replayed "
+                     f"({forgotten.get('generation', 0)} in this networkd generation, "
+                     f"{forgotten.get('while_busy', 0)} while networkd was busy); by {by}")
+    if doubt:
+        lines.append(f"   DOUBT: {doubt}")
     if doc.get("set_aside"):
         lines.append("set aside (the kernel refused them; retried after networkd's next restart or reconfigure):")
         lines += [f"    {e}" for e in doc["set_aside"]]
@@ -81,6 +93,8 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
         lines.append("hint: systemctl status netd-hook; journalctl -u netd-hook -n 50")
     elif missing:
         lines.append("hint: netd-hook diff (what and why); journalctl -u netd-hook -n 50")
+    elif doubt:
+        lines.append("hint: journalctl -u netd-hook -g forgot; compare with the CNI's pod deletions")
     return "\n".join(lines)
 
 

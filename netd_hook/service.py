@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import config as configmod
 from . import decide, metrics, netlink, ops, status, store
+from .forgotten import Forget, Ledger
 from .journal import (
     AuditSink,
     Notifier,
     RejectedSignals,
     RepairRecord,
+    forgotten_bulk_audit,
     networkd_generation_audit,
     rejected_signals_audit,
     repair_audit,
@@ -36,7 +39,7 @@ from .journal import (
     watchdog_interval,
 )
 from .model import Entry, Route, Rule
-from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, NetlinkError, Unsupported
+from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, ListenedSocket, NetlinkError, Unsupported
 from .networkd import BusCounters, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
@@ -74,8 +77,11 @@ class Reload:
 class Service:
     def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
                  bus_address: str | None = None, inject_fault: int = 0,
-                 runtime_dir: Path = status.DEFAULT_RUNTIME_DIR, audit: AuditSink | None = None) -> None:
+                 runtime_dir: Path = status.DEFAULT_RUNTIME_DIR, audit: AuditSink | None = None,
+                 networkd_sockets: Sequence[ListenedSocket] = ()) -> None:
         self.cfg = cfg
+        # networkd's rtnetlink socket as systemd passed it (Sockets=): held for its port, never read.
+        self.networkd_sockets = list(networkd_sockets)
         self.audit = audit or AuditSink(None, logger=log)  # journald, or log lines when there is none
         self.rejected = RejectedSignals()
         self.announced_generation = 0
@@ -97,7 +103,10 @@ class Service:
         self.inject_fault = inject_fault
         self.counters = Counters()
         self.bus = BusCounters()
-        self.ports = NetworkdPorts()
+        self.ports = NetworkdPorts(s.port for s in self.networkd_sockets)
+        self.forgotten = Ledger()
+        self.forget_run: dict[int, list[Any]] = {}  # port -> [count, example]: deletions by others, not yet logged
+        self.bulk_announced = -1  # the generation whose bulk forgetting is in the journal
         self.encoder = Encoder()
         self.set_aside: set[Entry] = set()
         self.state = decide.State(params=_params(cfg))
@@ -128,6 +137,13 @@ class Service:
         batch_sock = netlink.open_socket()
         dump_sock = netlink.open_socket()
         self.own_ports = frozenset(netlink.port_of(s) for s in (mon, batch_sock, dump_sock))
+        if self.networkd_sockets:
+            for ls in self.networkd_sockets:
+                log.info("networkd's rtnetlink socket from systemd: port %d (inode %d); its deletions are networkd's",
+                         ls.port, ls.inode)
+        else:
+            log.info("no socket from systemd (networkd not socket-activated, or no Sockets= in the unit): "
+                     "networkd's deletions are recognised by its PID")
         self.writer: BatchWriter | FaultyWriter = BatchWriter(batch_sock)
         if self.inject_fault:
             log.warning("test hook: the kernel will be made to fail rule %d of the next batch", self.inject_fault)
@@ -171,7 +187,7 @@ class Service:
                         self._save()
                     except OSError as exc:
                         log.error("cannot save snapshot at exit: %s", exc)
-                for s in (mon, batch_sock, dump_sock):
+                for s in (mon, batch_sock, dump_sock, *(ls.sock for ls in self.networkd_sockets)):
                     s.close()
                 os.close(self.replay_lock)
 
@@ -225,6 +241,7 @@ class Service:
             if self.wake_at is not None and now >= self.wake_at:
                 self.wake_at = None
                 await self._step(decide.Tick())
+            self._note_busy(now)
             if self.tracker.orphans:
                 await self._remove_orphans()
             if self.tracker.fresh:
@@ -272,6 +289,7 @@ class Service:
                         self.previous_owner = self.state.owner
                     if ev.owner is not None:
                         self.generation += 1
+                        self.forgotten.new_generation()
                     else:
                         self.audit.emit(networkd_generation_audit(None, None, self.generation, self.state.owner))
                 await self._step(ev)
@@ -289,10 +307,19 @@ class Service:
             self.unsupported_seen.add(ev.item.what)  # once per kind: counted by the tracker
             log.info("not protecting a %s (netd-hook cannot re-create it faithfully)", ev.item.what)
         cause = classify(ev.port, self.own_ports, self.ports)
+        item = ev.item
+        forgets = (cause is Cause.OTHER and not ev.new and isinstance(item, (Rule, Route))
+                   and self.tracker.protects(item))
         if self.tracker.apply(ev, cause):
             lost[cause.value] = lost.get(cause.value, 0) + 1
-        elif cause is Cause.OTHER and not ev.new and isinstance(ev.item, (Rule, Route)):
+        elif forgets:
+            assert isinstance(item, (Rule, Route))
             self.counters.forgotten_deliberate += 1
+            run = self.forget_run.get(ev.port)
+            if run is None:
+                self.forget_run[ev.port] = [1, item.describe()]
+            else:
+                run[0] += 1
 
     def _catch_up(self) -> None:
         """Bring the kernel view up to date before planning a replay.
@@ -312,8 +339,39 @@ class Service:
                 self.backlog.append(ev)
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
+        self._log_forgets()
+
+    def _log_forgets(self) -> None:
+        """One line per port for the deletions by others seen together: who, how many, one example."""
+        if not self.forget_run:
+            return
+        now = anyio.current_time()
+        busy = not decide.settled(self.state, now)
+        runs, self.forget_run = self.forget_run, {}
+        for port, (count, example) in runs.items():
+            f = self.forgotten.forgot(Forget(now, time.time(), port, self.ports.process(port), count, example, busy))
+            log.log(logging.WARNING if f.busy else logging.INFO,
+                    "forgot %d protected entries deleted by port %d (%s)%s, e.g. %s: deliberate, never replayed",
+                    count, port, f.process or "process unknown", " while networkd was busy" if f.busy else "", example)
+        self._announce_bulk()
+
+    def _note_busy(self, now: float) -> None:
+        if decide.settled(self.state, now):
+            return
+        moved = self.forgotten.networkd_busy(now)
+        if moved:
+            log.warning("%d entries forgotten just before networkd became busy count as forgotten while busy", moved)
+            self._announce_bulk()
+
+    def _announce_bulk(self) -> None:
+        doubt = self.forgotten.doubt()
+        if doubt and self.bulk_announced != self.generation:
+            self.bulk_announced = self.generation
+            self.audit.emit(forgotten_bulk_audit(doubt, self.forgotten.while_busy, self.generation,
+                                                 [(f.port, f.process) for f in self.forgotten.recent if f.busy]))
 
     async def _flush(self, lost: dict[str, int]) -> None:
+        self._log_forgets()
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
             log.info("lost %d protected entries (removed by %s)", n, cause)
@@ -499,8 +557,9 @@ class Service:
         `netd-hook wait` or an operator acts on changed, else at most every PUBLISH_INTERVAL."""
         st = self.state
         urgent = (self.generation, self.networkd_pid, decide.settled(st, now), st.busy, st.lost, st.verify,
-                  tuple(sorted(st.links.items())), self.counters.repairs, self.counters.rollbacks)
-        key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside))
+                  tuple(sorted(st.links.items())), self.counters.repairs, self.counters.rollbacks,
+                  self.forgotten.while_busy >= 1)
+        key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside), self.forgotten.total)
         if key == self.published_key and now < self.published_at + HEARTBEAT:
             self.publish_at = self.published_at + HEARTBEAT
             return
@@ -568,6 +627,7 @@ class Service:
             "missing": missing,
             "held_back": held_back,
             "set_aside": [e.describe() for e in sorted(self.set_aside, key=lambda e: e.describe())][:50],
+            "forgotten": self.forgotten.doc(),
             "missing_since": self.missing_since_wall if self.missing_since is not None else None,
             "outage_seconds": round(outage, 6),
             "last_repair": None if self.last_repair is None else {
@@ -580,6 +640,7 @@ class Service:
                 "bad_bus_values": self.bus.bad_values,
                 "bus_reconnects": self.bus.reconnects,
             },
+            "networkd_sockets": [s.port for s in self.networkd_sockets],
             "config": self.cfg.source,
             "state_dir": str(self.state_dir),
         }

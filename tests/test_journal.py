@@ -292,6 +292,7 @@ def test_message_ids_are_pinned():
         "rejected-signals": "16c9e29f67304724b2609ad397d0c0b7",
         "snapshot-rebuilt": "86102935c4624c3aac843f766b9b588d",
         "networkd-generation": "673ebf16c5574f6faf247b96df0ae5a9",
+        "forgotten-bulk": "208c2ee2ebe949c4bf2d850a94e6374f",
     }
 
 
