@@ -869,6 +869,7 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                                    "netd-hook puts them back once networkd has settled; if this persists, the "
                                    "liveness gate holds them back or the kernel rejects them.",
                                    "netd-hook diff\njournalctl -u netd-hook -n 50 --no-pager"))
+            out.extend(_forgotten_findings(status.get("forgotten")))
     if snapshot_mtime is None:
         out.append(Finding("netd-hook.snapshot", Severity.WARNING,
                            "netd-hook is running but has no snapshot file",
@@ -878,6 +879,30 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
     else:
         out.append(Finding("netd-hook.snapshot", Severity.OK, snap))
     return out
+
+
+def _forgotten_findings(forgotten: object) -> list[Finding]:
+    """Entries forgotten as deliberate deletions: in bulk while networkd was busy, a red flag."""
+    if not isinstance(forgotten, dict):
+        return []
+    doubt = forgotten.get("doubt")
+    if isinstance(doubt, str) and doubt:
+        return [Finding("netd-hook.forgotten", Severity.WARNING,
+                        f"netd-hook forgot entries in bulk while networkd was busy: {doubt}",
+                        "netd-hook never replays what someone else deleted (the CNI deleting a pod). Many "
+                        "such deletions at the moment networkd configures a link usually mean that networkd "
+                        "deleted them through a socket netd-hook did not recognise as networkd's: check that "
+                        "netd-hook.service has Sockets=systemd-networkd.socket and that `netd-hook status` "
+                        "names the socket's port.",
+                        "journalctl -u netd-hook -g forgot --no-pager\n"
+                        "systemctl show netd-hook -p Sockets\n"
+                        "restart the affected pods if their rules are gone (kubectl delete pod ...)")]
+    total = forgotten.get("total")
+    if isinstance(total, int) and total > 0:
+        return [Finding("netd-hook.forgotten", Severity.OK,
+                        f"{total} entries deleted by others (the CNI) were forgotten, none in bulk while "
+                        f"networkd was busy")]
+    return []
 
 
 # ---------------------------------------------------------------------------- output

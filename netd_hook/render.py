@@ -56,8 +56,11 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
     nd_state = "settled" if nd.get("settled") else "busy (configuring)"
     if owner is None:
         nd_state = "not on the bus"
+    sockets = doc.get("networkd_sockets")
+    how = (f"its socket from systemd has port {', '.join(str(p) for p in sockets)}" if sockets
+           else "no socket from systemd: recognised by its pid")
     lines.append(f"networkd: {nd_state}; owner {owner or '-'} pid {nd.get('pid') or '-'}, "
-                 f"generation {nd.get('generation', 0)}")
+                 f"generation {nd.get('generation', 0)}; {how}")
     links: Mapping[str, str] = nd.get("links", {})
     if links:
         managed = [f"{name} {state}" for name, state in links.items() if state != "unmanaged"]

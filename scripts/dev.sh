@@ -23,6 +23,9 @@ need_os_packages() {
     command -v dbus-daemon >/dev/null || missing+=(dbus)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v nsenter >/dev/null || missing+=(util-linux)
+    # The booted-node tier (tests/test_booted.py): systemd as PID 1 in containers.
+    command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     # The package tests (tests/test_package.py) build the .deb with Debian's own python3.
     /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -687,3 +687,24 @@ def test_doctor_agrees_with_real_networkd() -> None:
                         "unreadable-before": (True, True), "hidden": (True, True),
                         "dangling-after": (False, False), "wrong-section": (True, True),
                         "continued": (False, False)}
+
+
+def test_bulk_forgetting_while_networkd_was_busy_is_flagged(tmp_path: Path) -> None:
+    from netd_hook.forgotten import BULK, Forget, Ledger
+
+    installed(tmp_path)
+    led = Ledger()
+    led.networkd_busy(100.0)
+    led.forgot(Forget(100.1, NOW - 20, 1, "systemd", BULK * 5, "pref 512 from all to 10.1.1.5/32 lookup 254"))
+    findings = doctor.assess(doctor.read_tree(tmp_path, 252),
+                             status.Probe(True, fresh_status(forgotten=led.doc())), NOW - 30, NOW)
+    f = one(findings, "netd-hook.forgotten")
+    assert f.severity is Severity.WARNING
+    assert f"{BULK * 5} protected entries were deleted by port 1 (systemd) while networkd was busy" in f.summary
+    assert "Sockets=systemd-networkd.socket" in f.detail
+
+    calm = Ledger()
+    calm.forgot(Forget(100.0, NOW - 20, 9000, "aws-k8s-agent", 2, "pref 512 from all to 10.1.1.5/32 lookup 254"))
+    findings = doctor.assess(doctor.read_tree(tmp_path, 252),
+                             status.Probe(True, fresh_status(forgotten=calm.doc())), NOW - 30, NOW)
+    assert one(findings, "netd-hook.forgotten").severity is Severity.OK
