@@ -78,6 +78,7 @@ UNIT = "netd-hook.service"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
              "/usr/lib/systemd/system", "/lib/systemd/system")
 NETWORKD_DROPIN = "systemd-networkd.service.d/netd-hook.conf"
+NETWORKD_SOCKET = "systemd-networkd.socket"
 ENABLED_LINK = "/etc/systemd/system/multi-user.target.wants/netd-hook.service"
 DEFAULT_STALE_AFTER = 120.0  # 2 x a 60 s heartbeat; the daemon re-publishes at least every 30 s
 
@@ -229,6 +230,7 @@ class UnitFacts:
     masked: bool = False
     enabled: tuple[str, ...] = ()  # *.wants symlinks in /etc/systemd/system
     networkd_dropin: str | None = None
+    networkd_socket_enabled: bool = False  # systemd-networkd.socket in some *.wants: networkd is socket-activated
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,7 +543,10 @@ def read_unit(root: Path) -> UnitFacts:
             enabled.append(p)
     dropin = next((f"{d}/{NETWORKD_DROPIN}" for d in UNIT_DIRS
                    if os.path.lexists(_host(root, f"{d}/{NETWORKD_DROPIN}"))), None)
-    return UnitFacts(unit_file, masked, tuple(enabled), dropin)
+    socket_enabled = any(os.path.lexists(_host(root, f"/etc/systemd/system/{t}/{NETWORKD_SOCKET}"))
+                         or os.path.lexists(_host(root, f"/usr/lib/systemd/system/{t}/{NETWORKD_SOCKET}"))
+                         for t in targets + ["sockets.target.wants"])
+    return UnitFacts(unit_file, masked, tuple(enabled), dropin, socket_enabled)
 
 
 def read_tree(root: Path, version: int | None = None, progress: Callable[[str], None] | None = None) -> Facts:
@@ -870,6 +875,17 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                                    "liveness gate holds them back or the kernel rejects them.",
                                    "netd-hook diff\njournalctl -u netd-hook -n 50 --no-pager"))
             out.extend(_forgotten_findings(status.get("forgotten")))
+            if unit.networkd_socket_enabled and status.get("networkd_sockets") == []:
+                out.append(Finding("netd-hook.networkd-socket", Severity.CRITICAL,
+                                   "networkd is socket-activated, but netd-hook was not given its socket: "
+                                   "networkd's deletions look like the CNI's and are never put back",
+                                   "systemd binds networkd's rtnetlink socket and hands it over, so networkd's "
+                                   "requests carry the socket's port, not networkd's PID. netd-hook learns that "
+                                   "port from the same socket, through Sockets=systemd-networkd.socket in its "
+                                   "unit (the packaged unit has it; an override or an own unit may have lost it).",
+                                   "systemctl show netd-hook -p Sockets   # must list systemd-networkd.socket\n"
+                                   "systemctl revert netd-hook   # drop local overrides of the packaged unit\n"
+                                   "systemctl restart netd-hook"))
     if snapshot_mtime is None:
         out.append(Finding("netd-hook.snapshot", Severity.WARNING,
                            "netd-hook is running but has no snapshot file",

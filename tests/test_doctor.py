@@ -708,3 +708,19 @@ def test_bulk_forgetting_while_networkd_was_busy_is_flagged(tmp_path: Path) -> N
     findings = doctor.assess(doctor.read_tree(tmp_path, 252),
                              status.Probe(True, fresh_status(forgotten=calm.doc())), NOW - 30, NOW)
     assert one(findings, "netd-hook.forgotten").severity is Severity.OK
+
+
+def test_a_socket_activated_networkd_without_the_socket_for_netd_hook_is_critical(tmp_path: Path) -> None:
+    installed(tmp_path)
+    link(tmp_path, "etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+         "/lib/systemd/system/systemd-networkd.socket")
+    facts = doctor.read_tree(tmp_path, 252)
+    assert facts.unit.networkd_socket_enabled
+    bad = doctor.assess(facts, status.Probe(True, fresh_status(networkd_sockets=[])), NOW - 30, NOW)
+    f = one(bad, "netd-hook.networkd-socket")
+    assert f.severity is Severity.CRITICAL and "Sockets=systemd-networkd.socket" in f.detail
+    good = doctor.assess(facts, status.Probe(True, fresh_status(networkd_sockets=[1])), NOW - 30, NOW)
+    assert not by_check(good, "netd-hook.networkd-socket")
+    # networkd not socket-activated: its PID tells, no socket is needed
+    plain = doctor.read_tree(tmp_path / "nothing", 252)
+    assert not plain.unit.networkd_socket_enabled
