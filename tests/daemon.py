@@ -1,5 +1,6 @@
-"""Run the real `netd-hook run` inside a Lab, with a real sd_notify socket and its log captured.
-Shared by the integration tests, the demo and the benchmark."""
+"""Run the real `netd-hook run` inside a Lab, with a real sd_notify socket and its log captured,
+and (in a socket-activated lab) networkd's rtnetlink socket passed as the unit's
+``Sockets=systemd-networkd.socket`` passes it. Shared by the integration tests, the demo and the benchmark."""
 
 from __future__ import annotations
 
@@ -46,11 +47,18 @@ def prefs(rows: frozenset) -> list[int]:
 
 
 class Daemon:
+    """`netd-hook run` in the lab, started as its unit starts it.
+
+    ``networkd_socket``: hand it networkd's rtnetlink socket as systemd does for the unit's
+    ``Sockets=systemd-networkd.socket`` (see ``Lab.popen``); default: whenever the lab is
+    socket-activated. False opts out (a node whose unit has no Sockets= line)."""
+
     def __init__(self, lab: Lab, state_dir: Path, *, config: str | None = None,
                  env: dict | None = None, log_level: str = "debug",
                  argv: list[str] | None = None, extra_args: list[str] | None = None,
-                 runtime_dir: Path | None = None) -> None:
+                 runtime_dir: Path | None = None, networkd_socket: bool | None = None) -> None:
         self.lab = lab
+        self.networkd_socket = lab.activation == "socket" if networkd_socket is None else networkd_socket
         self.state_dir = state_dir
         self.config = config
         self.env = env or {}
@@ -76,8 +84,8 @@ class Daemon:
             cfg.write_text(self.config)
             argv += ["--config", str(cfg)]
         env = {"NOTIFY_SOCKET": sock_path, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = self.lab.popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                   cwd=str(ROOT))
+        self.proc = self.lab.popen(argv, env=env, networkd_socket=self.networkd_socket, stderr=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, text=True, cwd=str(ROOT))
         threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
         self._notify_reader = threading.Thread(target=self._read_notify, args=(self._notify,), daemon=True)
         self._notify_reader.start()

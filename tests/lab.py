@@ -1,19 +1,45 @@
 """A throwaway lab: real systemd-networkd + a private D-Bus system bus in a namespace.
 
 Stdlib only, Python >= 3.10, needs root, iproute2, util-linux (nsenter/unshare),
-dbus-daemon and /lib/systemd/systemd-networkd. It never touches the host's network:
-everything lives in a network namespace plus a private mount namespace.
+dbus-daemon and /lib/systemd/systemd-networkd (and, for udev=True, apt-get and dpkg-deb).
+It never touches the host's network: everything lives in a network namespace plus a private
+mount namespace.
+
+By default a lab runs networkd the way a node does (``activation="socket"``, ``udev=True``);
+``Lab(activation="self", udev=False)`` is the older container-like lab.
 
 Layout (one ``Lab``)::
 
     ip netns add <name>
     holder = ip netns exec <name> unshare -m --propagation private sh -c '<mounts>; exec sleep infinity'
         tmpfs over /run/systemd, /run/dbus, /etc/systemd/network (and networkd.conf.d if present),
-        /sys remounted read-only (networkd then does not wait for udev), lo up
-    every command:  nsenter -t <holder pid> -n -m <argv>
+        udev=True:  tmpfs over /run/udev (created in the host's /run when missing, like /run/dbus),
+                    /run/udev/rules.d/99-lab.rules; /sys stays writable (networkd then waits
+                    for udev to initialize each link, as on a node)
+        udev=False: /sys remounted read-only (networkd then does not wait for udev)
+        lo up
+    every command:  nsenter -t <holder pid> -n -m <argv>   (PATH: the networkd binary's
+                                                    directory first when a networkctl is beside it)
+    udev=True:  systemd-udevd --resolve-names=never   (child; from Debian's udev package unpacked
+                    by ``udev_bindir()``, not installed; in a mount namespace of its own with an
+                    empty tmpfs over /dev and over every udev rules directory but /run/udev/rules.d:
+                    it also receives the host's untagged uevents, and must neither touch the host's
+                    /dev nor run the host's rules), then coldplug: ``udevadm trigger --action=add
+                    --subsystem-match=net && udevadm settle``; later links come through uevents
     dbus-daemon --system --nofork --print-pid      (child of this process; bus at
                                                     unix:path=/run/dbus/system_bus_socket)
-    /lib/systemd/systemd-networkd                  (child of this process)
+    activation="socket": the rtnetlink socket of systemd-networkd.socket (``ListenNetlink=route
+                    1361``, ``ReceiveBuffer=128M``, ``PassPacketInfo=yes``), created in the lab's
+                    netns and held by this process, standing in for PID 1, across networkd restarts
+                    (``networkd_socket_port``, ``restart_networkd_socket()``)
+    <networkd>                                     (child of this process; default
+                    /lib/systemd/systemd-networkd, ``networkd_249()`` for Ubuntu 22.04's);
+                    activation="socket": started with that socket as fd 3, LISTEN_FDS=1,
+                    LISTEN_PID=<its pid>, LISTEN_FDNAMES=systemd-networkd.socket (sd_listen_fds;
+                    ``bash -c 'export LISTEN_PID=$$ ...; exec "$@" 3<&N N<&-'`` through nsenter);
+                    activation="self": it opens (autobinds) its own rtnetlink socket
+    ``popen(..., networkd_socket=True)``: the same socket handed over the same way, as systemd does
+                    to a unit with ``Sockets=systemd-networkd.socket``
 
 Opt-in ``Lab(journald=True)``: a private systemd-journald as well (see ``_JOURNALD_SETUP``):
 tmpfs over /run/log (and /var/log/journal when the host has one), cgroup2 on /sys/fs/cgroup,
@@ -39,7 +65,13 @@ Addressing conventions (VPC CNI layout, see /work/shared/VPC-CNI-LAYOUT.md):
 Beware (real networkd behaviour, reproduced here): configuring any managed link -- including
 ``add_eni()`` of a new managed ENI, ``reconfigure()``, ``networkctl reload`` that changes a
 link's match -- drops every foreign policy rule (512/1024/1536/32765, strict 20) and the
-reconfigured link's foreign routes (its per-ENI table).
+reconfigured link's foreign routes (its per-ENI table). With udev=True a plain
+``restart_networkd()`` drops every foreign rule too (links are configured after start-up, once
+udev has initialized them); with udev=False it drops nothing.
+
+Caches (outside the repository; parent directory ``$NETD_HOOK_CACHE``, default
+/var/cache/netd-hook-ci): ``udev/<version>/`` (the unpacked udev package, see ``udev_bindir()``)
+and ``networkd-249/`` (see ``networkd_249()``).
 
 Pytest marker: the smoke/integration tests use ``pytest.mark.lab``; register it with
 ``markers = ["lab: needs root + systemd-networkd; runs real networkd in a namespace"]``
@@ -49,7 +81,10 @@ under ``[tool.pytest.ini_options]``.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import dataclasses
+import functools
+import glob
 import hashlib
 import itertools
 import json
@@ -57,9 +92,12 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
+import unittest
 from collections.abc import Iterable
 
 NETWORKD = "/lib/systemd/systemd-networkd"
@@ -68,10 +106,27 @@ JOURNAL_DIR = "/run/log/journal"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 IP = shutil.which("ip") or "/usr/sbin/ip"
+BASH = shutil.which("bash") or "/bin/bash"
 BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
 NETWORK1 = "org.freedesktop.network1"
 NAME_PREFIX = "ndh-"
 SETTLED_STATES = frozenset({"configured", "unmanaged", "failed", "linger"})
+ACTIVATIONS = ("socket", "self")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NETWORKD_249_BUILD = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "networkd-249", "build.sh"))
+DEFAULT_CACHE = "/var/cache/netd-hook-ci"
+
+# systemd-networkd.socket: ListenNetlink=route 1361, ReceiveBuffer=128M, PassPacketInfo=yes.
+NETWORKD_SOCKET_UNIT = "systemd-networkd.socket"
+NETWORKD_SOCKET_GROUPS = 1361
+NETWORKD_SOCKET_RCVBUF = 128 * 1024 * 1024
+_SO_RCVBUFFORCE = 33      # not in Python's socket module
+_SOL_NETLINK = 270
+_NETLINK_PKTINFO = 3
+_CLONE_NEWNET = 0x40000000
+
+UDEV_RULE = "/run/udev/rules.d/99-lab.rules"
+UDEV_CONTROL = "/run/udev/control"
 
 _counter = itertools.count()
 
@@ -140,6 +195,96 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition", interval: f
         time.sleep(interval)
 
 
+def cache_dir(name: str) -> str:
+    """``$NETD_HOOK_CACHE/<name>`` (default parent /var/cache/netd-hook-ci): outside the repo,
+    kept between runs (and between CI jobs when the CI caches it)."""
+    return os.path.join(os.environ.get("NETD_HOOK_CACHE") or DEFAULT_CACHE, name)
+
+
+def _host_systemd_version() -> str:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "systemd"], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise LabError(f"cannot tell the host's systemd version: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+@functools.cache
+def udev_bindir() -> str:
+    """Debian's udev package for the host's systemd version, unpacked (never installed) into
+    ``cache_dir("udev")/<version>``; returns the directory holding its ``udevadm`` and a
+    ``systemd-udevd`` link to it, at once when that is already there.
+
+    udevd is udevadm under another name (argv[0] picks): the package's own link is absolute
+    (/bin/udevadm, not on this machine), hence a relative one beside udevadm. Debian builds
+    udevadm without libsystemd-shared: it runs in place with the host's libraries (libkmod,
+    libblkid, libacl...), no LD_LIBRARY_PATH. Raises LabError when the package cannot be had
+    (e.g. offline)."""
+    version = _host_systemd_version()
+    dest = os.path.join(cache_dir("udev"), version.replace(":", "%3a"))
+    for sub in ("bin", "usr/bin"):  # Debian 12 / Ubuntu 22.04, Debian 13 (merged /usr)
+        if os.path.islink(os.path.join(dest, sub, "systemd-udevd")):
+            return os.path.join(dest, sub)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(dest))
+    try:
+        def download() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["apt-get", "download", "-q", f"udev={version}"], cwd=tmp,
+                                  capture_output=True, text=True, timeout=300)
+        r = download()
+        if r.returncode != 0:  # an image without package lists: what apt-get update is for
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+            r = download()
+        debs = glob.glob(os.path.join(tmp, "udev_*.deb"))
+        if r.returncode != 0 or len(debs) != 1:
+            raise LabError(f"apt-get download udev={version} failed: {r.stderr.strip()}")
+        root = os.path.join(tmp, "root")
+        r = subprocess.run(["dpkg-deb", "-x", debs[0], root], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise LabError(f"dpkg-deb -x {debs[0]} failed: {r.stderr.strip()}")
+        sub = next((d for d in ("bin", "usr/bin") if os.path.isfile(os.path.join(root, d, "udevadm"))), None)
+        if sub is None:
+            raise LabError(f"no udevadm in {debs[0]}")
+        os.symlink("udevadm", os.path.join(root, sub, "systemd-udevd"))
+        try:
+            os.rename(root, dest)
+        except OSError:  # another run unpacked it meanwhile
+            if not os.path.islink(os.path.join(dest, sub, "systemd-udevd")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.join(dest, sub)
+
+
+@functools.cache
+def networkd_249() -> str:
+    """Path of systemd-networkd 249 (Ubuntu 22.04's), with its networkctl beside it.
+
+    Runs ``<repo>/../shared/networkd-249/build.sh`` with OUTDIR ``cache_dir("networkd-249")``:
+    it returns at once when that is built, else builds (installs build tools with apt-get; about
+    a minute). Raises LabError when it cannot; tests call ``require_networkd_249()``."""
+    if not os.path.isfile(NETWORKD_249_BUILD):
+        raise LabError(f"{NETWORKD_249_BUILD} not found")
+    r = subprocess.run(["sh", NETWORKD_249_BUILD, cache_dir("networkd-249")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    bindir = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    networkd = os.path.join(bindir, "systemd-networkd")
+    if r.returncode != 0 or not all(os.access(os.path.join(bindir, b), os.X_OK)
+                                    for b in ("systemd-networkd", "networkctl")):
+        raise LabError(f"building networkd 249 failed (rc {r.returncode}): {r.stderr.strip()[-2000:]}")
+    return networkd
+
+
+def require_networkd_249() -> str:
+    """``networkd_249()`` for tests: skips the test (unittest.SkipTest, which pytest honours)
+    when it cannot be built, except in CI (env CI non-empty), where the LabError propagates."""
+    try:
+        return networkd_249()
+    except LabError as e:
+        if os.environ.get("CI"):
+            raise
+        raise unittest.SkipTest(f"networkd 249 unavailable: {e}") from None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -180,7 +325,8 @@ def _stop_popen(p: subprocess.Popen, timeout: float = 5.0) -> None:
         pass
 
 
-# Shell run by the holder inside `ip netns exec NAME unshare -m --propagation private`.
+# Shell run by the holder inside `ip netns exec NAME unshare -m --propagation private`;
+# {sys} is _SYS_UDEV or _SYS_READ_ONLY.
 _HOLDER_SCRIPT = r"""
 set -e
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
@@ -190,7 +336,7 @@ mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/network
 if [ -d /etc/systemd/networkd.conf.d ]; then
     mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/networkd.conf.d
 fi
-mount -o remount,ro /sys
+{sys}
 mkdir -p /run/systemd/netif/links /run/systemd/netif/leases
 chown -R systemd-network:systemd-network /run/systemd/netif
 ip link set lo up
@@ -198,7 +344,36 @@ echo READY
 exec sleep infinity
 """
 
+# udev=True: /sys stays as `ip netns exec` mounted it (writable); a private /run/udev, created in
+# the host's volatile /run only when missing (as /run/dbus above; a host with udev has it).
+_SYS_UDEV = r"""
+[ -d /run/udev ] || mkdir -m 0755 /run/udev
+mount -t tmpfs -o mode=0755 tmpfs /run/udev
+mkdir /run/udev/rules.d
+"""
+# udev=False: what a container looks like to networkd.
+_SYS_READ_ONLY = "mount -o remount,ro /sys"
+
 _PRIVATE_MOUNTS = ("/run/systemd", "/run/dbus", "/etc/systemd/network")
+
+# A link without a udev database entry counts as not initialized: give every one a property.
+_UDEV_RULES = 'SUBSYSTEM=="net", ENV{ID_LAB}="1"\n'
+
+# systemd-udevd's own mount namespace, inside the lab's (`unshare -m` then this; "$0" is udevd).
+# Untagged uevents (every device that is not a network interface) reach every network namespace,
+# so this udevd also handles the host's: an empty /dev keeps it off the host's device nodes
+# (no /dev/block, /dev/char links), and empty rules directories keep the host's rules (dm,
+# hwclock, seat...) from running; only /run/udev/rules.d, the lab's, is read.
+_UDEVD_SCRIPT = r"""
+set -e
+mount -t tmpfs -o mode=0755,size=1m tmpfs /dev
+for d in /etc/udev/rules.d /usr/local/lib/udev/rules.d /usr/lib/udev/rules.d /lib/udev/rules.d; do
+    if [ -d "$d" ] && ! mountpoint -q "$d"; then
+        mount -t tmpfs -o ro,mode=0755,size=64k tmpfs "$d"
+    fi
+done
+exec "$0" "$@"
+"""
 
 # Run inside the lab (its private mount namespace) before journald starts, for journald=True.
 # - /run/log: journald's runtime journal, on a private tmpfs. Only when the host has no /run/log
@@ -232,15 +407,31 @@ class Lab:
 
     bus_address: str = BUS_ADDRESS
 
-    def __init__(self, name: str | None = None, *, networkd_debug: bool = False,
+    def __init__(self, name: str | None = None, *, activation: str = "socket", udev: bool = True,
+                 networkd: str | None = None, networkd_debug: bool = False,
                  keep_logs: bool = False, journald: bool = False):
+        """``activation``: "socket" (networkd gets its rtnetlink socket from this process, as
+        from PID 1 on a node) or "self" (networkd opens its own). ``udev``: run systemd-udevd
+        with a writable /sys, as on a node, or none with a read-only /sys, as in a container.
+        ``networkd``: the networkd binary (default /lib/systemd/systemd-networkd; e.g.
+        ``networkd_249()``); a ``networkctl`` beside it comes first on the lab's PATH."""
         self.name = name or f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}"
         if len(self.name) > 64 or "/" in self.name:
             raise ValueError("bad namespace name")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}")
+        self.activation = activation
+        self.udev = udev
+        self.networkd = networkd or NETWORKD
+        bindir = os.path.dirname(os.path.abspath(self.networkd))
+        self._path_prefix = bindir if os.access(os.path.join(bindir, "networkctl"), os.X_OK) else None
         self.networkd_debug = networkd_debug
         self.keep_logs = keep_logs
         self.journald = journald
         self._journald: subprocess.Popen | None = None
+        self._udevd: subprocess.Popen | None = None
+        self._udevadm: str | None = None
+        self._networkd_socket: socket.socket | None = None
         self.holder_pid: int | None = None
         self.dbus_pid: int | None = None
         self.netns_inode: int | None = None
@@ -266,7 +457,8 @@ class Lab:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Lab {self.name} holder={self.holder_pid} networkd={self.networkd_pid}>"
+        return (f"<Lab {self.name} activation={self.activation} udev={self.udev} holder={self.holder_pid} "
+                f"networkd={self.networkd_pid}>")
 
     def start(self) -> None:
         if self._started:
@@ -280,6 +472,11 @@ class Lab:
             self.logdir = tempfile.mkdtemp(prefix=f"{self.name}-")
             self._start_holder()
             self.timings["holder"] = time.monotonic() - t0
+            if self.udev:
+                self.start_udevd()
+                self.timings["udev"] = time.monotonic() - t0
+            if self.activation == "socket":
+                self._networkd_socket = self._bind_networkd_socket()
             if self.journald:
                 self._setup_journald()
                 self.start_journald()
@@ -303,7 +500,7 @@ class Lab:
         # the Popen pid ends up being the `sleep infinity` holding both namespaces.
         self._holder = subprocess.Popen(
             [IP, "netns", "exec", self.name, "unshare", "-m", "--propagation", "private",
-             "sh", "-c", _HOLDER_SCRIPT],
+             "sh", "-c", _HOLDER_SCRIPT.format(sys=_SYS_UDEV if self.udev else _SYS_READ_ONLY)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, close_fds=True)
         self.holder_pid = self._holder.pid
@@ -335,10 +532,14 @@ class Lab:
             for line in f:
                 left, _, right = line.partition(" - ")
                 mounts[left.split()[4]] = (right.split()[0], left.split()[5])
-        for path in _PRIVATE_MOUNTS:
+        for path in _PRIVATE_MOUNTS + (("/run/udev",) if self.udev else ()):
             if mounts.get(path, ("",))[0] != "tmpfs":
                 raise LabError(f"{path} is not a private tmpfs in the lab")
-        if "ro" not in mounts.get("/sys", ("", ""))[1].split(","):
+        sys_ro = "ro" in mounts.get("/sys", ("", ""))[1].split(",")
+        if self.udev and sys_ro:
+            raise LabError("/sys is read-only in the lab (is the host's?): networkd would not use udev; "
+                           "use udev=False")
+        if not self.udev and not sys_ro:
             raise LabError("/sys is not read-only in the lab")
         # A file written in the lab's /etc/systemd/network must not show up on the host.
         probe = f".ndh-probe-{self.name}"
@@ -379,6 +580,10 @@ class Lab:
         for p in reversed(self._children):
             self._quiet(_stop_popen, p)
         self._quiet(self.stop_networkd, False)
+        if self._networkd_socket is not None:
+            self._quiet(self._networkd_socket.close)
+            self._networkd_socket = None
+        self._quiet(self.stop_udevd)
         self._quiet(self.stop_journald)
         if self._dbus is not None:
             self._quiet(_stop_popen, self._dbus)
@@ -436,11 +641,22 @@ class Lab:
             raise LabError("lab is not running")
         return [NSENTER, "-t", str(self.holder_pid), "-n", "-m", *argv]
 
+    def _env(self, env: dict | None = None) -> dict[str, str]:
+        """os.environ for a process in the lab: the lab's bus, the lab networkd's networkctl
+        first on PATH, none of our own notify or socket-activation variables; ``env`` over it."""
+        full = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address)
+        for var in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                    "WATCHDOG_PID"):
+            full.pop(var, None)
+        if self._path_prefix:
+            full["PATH"] = os.pathsep.join([self._path_prefix, full.get("PATH") or os.defpath])
+        full.update(env or {})
+        return full
+
     def run(self, *argv: str, check: bool = True, input: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run argv inside the lab (nsenter), text mode, output captured."""
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address, SYSTEMD_COLORS="0",
-                   SYSTEMD_PAGER="")
+        env = self._env({"SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""})
         r = subprocess.run(self._nsenter(argv), input=input, capture_output=True, text=True,
                            timeout=timeout, env=env,
                            stdin=subprocess.DEVNULL if input is None else None)
@@ -448,20 +664,110 @@ class Lab:
             raise LabCommandError(r.returncode, list(argv), r.stdout, r.stderr)
         return r
 
-    def popen(self, argv: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
+    def popen(self, argv: list[str], env: dict | None = None, *, networkd_socket: bool = False,
+              **kw) -> subprocess.Popen:
         """Start a long-running process inside the lab.
 
-        ``env`` is merged over os.environ; DBUS_SYSTEM_BUS_ADDRESS is always set (unless
-        ``env`` sets it). The process is stopped (SIGTERM, then SIGKILL) by ``close()``;
-        stop it yourself earlier if the test needs its exit status."""
-        full_env = dict(os.environ)
-        full_env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus_address
-        if env:
-            full_env.update(env)
+        ``env`` is merged over os.environ (see ``_env``); DBUS_SYSTEM_BUS_ADDRESS is always set
+        (unless ``env`` sets it). ``networkd_socket`` (socket-activated labs only): hand it networkd's
+        rtnetlink socket the way systemd does to a unit with ``Sockets=systemd-networkd.socket``
+        (fd 3, LISTEN_FDS=1, LISTEN_PID=its pid, LISTEN_FDNAMES=systemd-networkd.socket). The
+        process is stopped (SIGTERM, then SIGKILL) by ``close()``; stop it yourself earlier if
+        the test needs its exit status."""
         kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.Popen(self._nsenter(argv), env=full_env, **kw)
+        if networkd_socket:
+            argv = self._socket_activated(argv)
+            kw["pass_fds"] = (*kw.get("pass_fds", ()), self._networkd_socket_fd())
+        p = subprocess.Popen(self._nsenter(argv), env=self._env(env), **kw)
         self._children.append(p)
         return p
+
+    # ------------------------------------------------------------------ networkd's socket (PID 1's part)
+    def netns_socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
+        """A socket created in the lab's network namespace, owned by this process (sockets keep
+        the namespace they were created in). A short-lived thread enters the namespace
+        (setns(2) changes only the calling thread), creates it and goes back."""
+        if not self._netns_created or self._closed:
+            raise LabError("lab is not running")
+        libc = ctypes.CDLL(None, use_errno=True)
+        out: list[socket.socket] = []
+        failed: list[BaseException] = []
+
+        def create() -> None:
+            try:
+                home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    lab = os.open(f"/run/netns/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        if libc.setns(lab, _CLONE_NEWNET) != 0:
+                            raise OSError(ctypes.get_errno(), f"setns into {self.name}")
+                        try:
+                            out.append(socket.socket(family, type, proto))
+                        finally:
+                            # The thread ends right after; going back keeps it tidy regardless.
+                            libc.setns(home, _CLONE_NEWNET)
+                    finally:
+                        os.close(lab)
+                finally:
+                    os.close(home)
+            except BaseException as e:  # handed to the caller's thread
+                failed.append(e)
+        t = threading.Thread(target=create, name=f"{self.name}-setns")
+        t.start()
+        t.join()
+        if failed:
+            raise LabError(f"cannot create a socket in {self.name}: {failed[0]}") from failed[0]
+        return out[0]
+
+    def _bind_networkd_socket(self) -> socket.socket:
+        """What PID 1 does for systemd-networkd.socket (non-blocking, as systemd makes it)."""
+        s = self.netns_socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, NETWORKD_SOCKET_RCVBUF)
+            s.setsockopt(_SOL_NETLINK, _NETLINK_PKTINFO, 1)
+            s.bind((0, NETWORKD_SOCKET_GROUPS))  # port 0: the kernel picks one (autobind)
+            s.setblocking(False)
+            # Proof it lives in the lab's netns: the lab's /proc/net/netlink lists its inode.
+            inode = str(os.fstat(s.fileno()).st_ino)
+            with open(f"/proc/{self.holder_pid}/net/netlink") as f:
+                if not any(line.split()[-1] == inode for line in f.readlines()[1:]):
+                    raise LabError("networkd's socket is not in the lab's network namespace")
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    @property
+    def networkd_socket_port(self) -> int | None:
+        """Netlink port id of the socket this lab hands networkd (the ``nlmsg_pid`` of its
+        requests' notifications); None for activation="self"."""
+        s = self._networkd_socket
+        return s.getsockname()[0] if s is not None else None
+
+    def _networkd_socket_fd(self) -> int:
+        if self._networkd_socket is None:
+            raise LabError("this lab is not socket-activated (activation='socket')")
+        return self._networkd_socket.fileno()
+
+    def _socket_activated(self, argv: list[str]) -> list[str]:
+        """argv wrapped so that it runs with networkd's socket as fd 3 and the sd_listen_fds
+        variables (LISTEN_PID is the pid after exec: $$ of the shell that execs it). The caller
+        passes the socket's fd with pass_fds. bash, not sh: dash takes only one-digit fds."""
+        fd = self._networkd_socket_fd()
+        move = f" 3<&{fd} {fd}<&-" if fd != 3 else ""
+        script = (f"export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={NETWORKD_SOCKET_UNIT}; "
+                  f'exec "$@"{move}')
+        return [BASH, "-c", script, "bash", *argv]
+
+    def restart_networkd_socket(self) -> None:
+        """What ``systemctl restart systemd-networkd.socket`` does: PID 1 closes the socket and
+        binds a new one (a new port), which the next networkd gets; a running networkd keeps
+        the old one."""
+        old = self._networkd_socket
+        if old is None:
+            raise LabError("this lab is not socket-activated (activation='socket')")
+        self._networkd_socket = self._bind_networkd_socket()
+        old.close()
 
     def path(self, p: str) -> str:
         """Host path for an absolute path as seen inside the lab (/proc/<holder>/root/...)."""
@@ -547,9 +853,7 @@ class Lab:
             raise LabError("this lab was created without journald=True")
         if self.journald_pid is not None:
             raise LabError("journald already running")
-        env = dict(os.environ, SYSTEMD_LOG_TARGET="console", SYSTEMD_LOG_LEVEL="info")
-        for var in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC", "WATCHDOG_PID"):
-            env.pop(var, None)
+        env = self._env({"SYSTEMD_LOG_TARGET": "console", "SYSTEMD_LOG_LEVEL": "info"})
         log = open(os.path.join(self.logdir, "journald.log"), "ab")
         try:
             self._journald = subprocess.Popen(self._nsenter([JOURNALD]), env=env, stdin=subprocess.DEVNULL,
@@ -604,6 +908,65 @@ class Lab:
             return entries if len(entries) >= count else None
         return self._wait(enough, timeout, f"{count} journal entries matching {matches}", interval=0.1)
 
+    # ------------------------------------------------------------------ udev (udev=True)
+    @property
+    def udevd_pid(self) -> int | None:
+        p = self._udevd
+        return p.pid if p is not None and p.poll() is None else None
+
+    def udevd_log(self) -> str:
+        try:
+            with open(os.path.join(self.logdir, "udevd.log"), errors="replace") as f:
+                return f.read()
+        except (OSError, TypeError):
+            return ""
+
+    def udevadm(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """The unpacked ``udevadm <args>`` inside the lab."""
+        if self._udevadm is None:
+            raise LabError("no udev in this lab (udev=False)")
+        return self.run(self._udevadm, *args, timeout=timeout)
+
+    def start_udevd(self, timeout: float = 10) -> None:
+        """Start systemd-udevd (udev=True labs start it themselves, before networkd), wait for
+        its control socket, then coldplug the links that exist, as systemd-udev-trigger.service
+        does at boot; links created later are initialized through their uevents."""
+        if not self.udev:
+            raise LabError("this lab was created with udev=False")
+        if self.udevd_pid is not None:
+            raise LabError("systemd-udevd already running")
+        bindir = udev_bindir()
+        self._udevadm = os.path.join(bindir, "udevadm")
+        self.write_file(UDEV_RULE, _UDEV_RULES)
+        self.remove_file(UDEV_CONTROL)  # a stopped udevd leaves it behind
+        env = self._env({"SYSTEMD_LOG_TARGET": "console",
+                         "SYSTEMD_LOG_LEVEL": "debug" if self.networkd_debug else "info"})
+        log = open(os.path.join(self.logdir, "udevd.log"), "ab")
+        try:
+            # nsenter, unshare (without --fork) and sh all exec: the Popen pid is udevd's.
+            self._udevd = subprocess.Popen(
+                self._nsenter(["unshare", "-m", "--propagation", "private", "sh", "-c", _UDEVD_SCRIPT,
+                               os.path.join(bindir, "systemd-udevd"), "--resolve-names=never"]),
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+
+        def listening() -> bool:
+            if self._udevd is None or self._udevd.poll() is not None:
+                raise LabError("systemd-udevd exited: " + self.udevd_log()[-2000:])
+            return os.path.exists(self.path(UDEV_CONTROL))
+        self._wait(listening, timeout, "systemd-udevd to listen")
+        self.udevadm("trigger", "--action=add", "--subsystem-match=net")
+        self.udevadm("settle", f"--timeout={int(timeout)}")
+
+    def stop_udevd(self) -> None:
+        """SIGTERM by PID (udevd stops its workers itself; close() kills any left in the netns)."""
+        p = self._udevd
+        if p is None:
+            return
+        self._udevd = None
+        _stop_popen(p, 10)
+
     # ------------------------------------------------------------------ networkd
     @property
     def networkd_pid(self) -> int | None:
@@ -629,18 +992,22 @@ class Lab:
         return wait_until(pred, timeout, what, interval, error=LabError)
 
     def start_networkd(self, wait: bool = True, timeout: float = 15) -> None:
+        """Start ``self.networkd`` (socket-activated or not, see the class) and, with ``wait``,
+        wait until it owns its bus name and every link has settled."""
         if self.networkd_pid is not None:
             raise LabError("networkd already running")
         if self._dbus is None or self._dbus.poll() is not None:
             raise LabError("dbus-daemon is not running")
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus_address,
-                   SYSTEMD_LOG_LEVEL="debug" if self.networkd_debug else "info",
-                   SYSTEMD_LOG_TARGET="console")
-        env.pop("NOTIFY_SOCKET", None)
-        env.pop("LISTEN_FDS", None)
+        env = self._env({"SYSTEMD_LOG_LEVEL": "debug" if self.networkd_debug else "info",
+                         "SYSTEMD_LOG_TARGET": "console"})
+        argv = [self.networkd]  # no arguments: networkd 249 refuses any
+        pass_fds: tuple[int, ...] = ()
+        if self.activation == "socket":
+            argv = self._socket_activated(argv)
+            pass_fds = (self._networkd_socket_fd(),)
         log = open(os.path.join(self.logdir, "networkd.log"), "ab")
         try:
-            self._networkd = subprocess.Popen(self._nsenter([NETWORKD]), env=env,
+            self._networkd = subprocess.Popen(self._nsenter(argv), env=env, pass_fds=pass_fds,
                                               stdin=subprocess.DEVNULL, stdout=log,
                                               stderr=subprocess.STDOUT)
         finally:
@@ -667,6 +1034,7 @@ class Lab:
             self._wait(lambda: self.name_owner() is None, 5, "org.freedesktop.network1 release")
 
     def restart_networkd(self, wait: bool = True, timeout: float = 15) -> None:
+        """Stop and start networkd (``systemctl restart systemd-networkd``: the socket stays)."""
         self.stop_networkd()
         self.start_networkd(wait=wait, timeout=timeout)
 
@@ -685,8 +1053,9 @@ class Lab:
         return json.loads(self.run("networkctl", "list", "--json=short").stdout)
 
     def link_states(self) -> dict[str, str]:
-        """name -> AdministrativeState, from ``networkctl list --json=short`` (bus Describe())."""
-        return {i["Name"]: i.get("AdministrativeState", "")
+        """name -> AdministrativeState, from ``networkctl list --json=short`` (bus Describe());
+        networkctl 249 calls it SetupState there."""
+        return {i["Name"]: i.get("AdministrativeState") or i.get("SetupState", "")
                 for i in self.networkctl_json().get("Interfaces", [])}
 
     def wait_settled(self, timeout: float = 15) -> None:

@@ -1,5 +1,8 @@
 """Smoke test for tests/lab.py: real systemd-networkd in a namespace reproduces the outage.
 
+The lab here is the default, node-like one (socket-activated networkd, udev); the other modes
+are in test_lab_modes.py.
+
 Marker (add to pyproject):  markers = ["lab: needs root + systemd-networkd; runs real networkd in a namespace"]
 """
 
@@ -112,7 +115,10 @@ def test_restart_then_reconfigure_reproduces_outage(lab):
     lab.restart_networkd()
     assert lab.networkd_pid not in (None, old)
     assert lab.name_owner() not in (None, owner)
-    _assert_cni_layout(lab)          # plain restart keeps them in this sandbox (no udev)
+    # With udev, as on a node, a plain restart wipes every foreign rule.
+    _wait_gone(lab, CNI_PREFS | {32765})
+    _restore(lab)
+    _assert_cni_layout(lab)
     lab.reconfigure("eth0", "eth1")
     _wait_gone(lab, CNI_PREFS)
     lab.wait_settled()
@@ -120,17 +126,30 @@ def test_restart_then_reconfigure_reproduces_outage(lab):
     _assert_cni_layout(lab)
 
 
+def _my_fd_targets():
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
 def test_close_leaves_nothing():
     lab = Lab()
     lab.start()
     lab.add_eni(1)
     lab.add_pod("10.1.1.7", 1)
-    sleeper = lab.popen(["sleep", "300"])
-    pids = [lab.holder_pid, lab.dbus_pid, lab.networkd_pid, sleeper.pid]
+    sleeper = lab.popen(["sleep", "300"], networkd_socket=True)
+    pids = [lab.holder_pid, lab.dbus_pid, lab.networkd_pid, lab.udevd_pid, sleeper.pid]
     name, ino, logdir = lab.name, lab.netns_inode, lab.logdir
+    sock = f"socket:[{os.stat(f'/proc/{lab.networkd_pid}/fd/3').st_ino}]"  # the lab's (PID 1's) socket
     assert all(pids)
+    assert sock in _my_fd_targets()
     lab.close()
     lab.close()  # idempotent
+    assert lab.networkd_socket_port is None and sock not in _my_fd_targets()
     assert name not in os.listdir("/run/netns")
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} still there"
