@@ -6,10 +6,13 @@ show table N`), never the daemon's own view.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +30,15 @@ TABLES = (2, 3)
 
 @pytest.fixture
 def node():
-    """eth0 (primary), two secondary ENIs, strict-mode node rules, pods on every ENI."""
-    with Lab() as lab:
+    with vpc_node() as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def vpc_node(**lab_kwargs: Any) -> Iterator[Lab]:
+    """eth0 (primary), two secondary ENIs, strict-mode node rules, pods on every ENI. The lab runs
+    networkd the way a node does (socket-activated, udev) unless `lab_kwargs` say otherwise."""
+    with Lab(**lab_kwargs) as lab:
         enis = [lab.add_eni(1), lab.add_eni(2)]
         # eth2 appearing wiped eth1's 32765 rule already (the outage itself); put it back like ipamd
         lab.ip_batch([f"rule add from {e.ip} lookup {e.table} priority 32765" for e in enis], force=True)

@@ -462,6 +462,8 @@ audits = {
     "snapshot-rebuilt": j.snapshot_rebuilt_audit("corrupt: bad json", 1537, 2, corrupt=True,
                                                   moved_to="/var/lib/netd-hook/snapshot.json.corrupt-1"),
     "networkd-generation": j.networkd_generation_audit(":1.7", 4242, 3, ":1.5"),
+    "forgotten-bulk": j.forgotten_bulk_audit("54 protected entries were deleted by port 1 (systemd) while networkd "
+                                             "was busy", 54, 2, [(1, "systemd")]),
 }
 sent = {kind: sink.emit(a) for kind, a in audits.items()}
 sent["multiline"] = jr.send("first line\nsecond line\n\tindented third", priority=j.NOTICE, message_id=test_id,

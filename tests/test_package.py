@@ -261,7 +261,8 @@ mount -o remount,bind,ro /
 exec """ + _MDWE_EXEC + r""" /usr/bin/setpriv --reuid=netd-hook --regid=netd-hook --init-groups --no-new-privs \
     --inh-caps=-all,+net_admin --ambient-caps=-all,+net_admin --bounding-set=-all,+net_admin \
     /usr/bin/env -i -C / PATH=/usr/sbin:/usr/bin:/sbin:/bin "NOTIFY_SOCKET=$NOTIFY_SOCKET" \
-    "DBUS_SYSTEM_BUS_ADDRESS=$DBUS_SYSTEM_BUS_ADDRESS" "$@"
+    "DBUS_SYSTEM_BUS_ADDRESS=$DBUS_SYSTEM_BUS_ADDRESS" \
+    ${LISTEN_FDS:+"LISTEN_PID=$LISTEN_PID" "LISTEN_FDS=$LISTEN_FDS" "LISTEN_FDNAMES=$LISTEN_FDNAMES"} "$@"
 """
 
 # The drop-in's `netd-hook wait` as networkd runs it: user systemd-network with networkd's
