@@ -82,6 +82,8 @@ def main() -> int:
                 lab.add_pod(ip, eni)
         print(f"   eth0 + ENIs eth1, eth2 managed by systemd-networkd; {sum(map(len, pods.values()))} pods; "
               f"{len(rule_set(lab, (4,)))} policy rules (`ip rule`)")
+        print(f"   as on a node: udev runs, and networkd is socket-activated (its rtnetlink socket, port "
+              f"{lab.networkd_socket_port}, bound by a stand-in for PID 1 and handed to networkd and netd-hook)")
         watch = RuleWatch(lab)
 
         step("Without netd-hook: `networkctl reconfigure eth1` (what netplan apply does)")
@@ -105,9 +107,14 @@ def main() -> int:
             daemon.wait_log(r" repair trigger=", start=dm)
             show(watch, m, daemon, dm)
 
-            step("systemctl restart systemd-networkd, then netplan apply (reconfigure every link)")
+            step("systemctl restart systemd-networkd (an unattended systemd upgrade does this)")
             m, dm = watch.mark(), daemon.mark()
-            lab.restart_networkd()
+            lab.restart_networkd()  # with udev the restart alone wipes every foreign rule
+            daemon.wait_log(r" repair trigger=", start=dm)
+            show(watch, m, daemon, dm)
+
+            step("netplan apply (networkd reconfigures every link)")
+            m, dm = watch.mark(), daemon.mark()
             lab.reconfigure("eth0", "eth1", "eth2", wait=True)
             daemon.wait_log(r" repair trigger=", start=dm)
             show(watch, m, daemon, dm)
