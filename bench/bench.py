@@ -628,7 +628,8 @@ def timed_daemon_class() -> Any:
     return TimedDaemon
 
 
-def part2(pod_counts: Sequence[int], iterations: dict[int, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+def part2(pod_counts: Sequence[int], iterations: dict[int, int],
+          lab_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     from tests.daemon import route_set, rule_set, wait_until
     from tests.lab import Lab, pod_ips
 
@@ -636,7 +637,7 @@ def part2(pod_counts: Sequence[int], iterations: dict[int, int]) -> tuple[dict[s
     memory: dict[str, Any] = {}
     for pods in pod_counts:
         log(f"lab: {pods} pods")
-        with Lab() as lab, tempfile.TemporaryDirectory(prefix="ndhb-state-") as tmp:
+        with Lab(**(lab_kwargs or {})) as lab, tempfile.TemporaryDirectory(prefix="ndhb-state-") as tmp:
             enis = [lab.add_eni(1), lab.add_eni(2)]
             # eth2 appearing wiped eth1's 32765 rule (networkd); put both back like ipamd does
             lab.ip_batch([f"rule add from {e.ip} lookup {e.table} priority 32765" for e in enis], force=True)
@@ -815,6 +816,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, N=500/2000, 300 pods only")
     ap.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
     ap.add_argument("--skip-lab", action="store_true", help="part 1 only")
+    ap.add_argument("--lab-only", action="store_true", help="part 2 only")
+    ap.add_argument("--networkd", default="252", metavar="252|249|PATH",
+                    help="the lab's networkd: the machine's (252), Ubuntu 22.04's 249 (from ../shared), or a path")
+    ap.add_argument("--activation", choices=("socket", "self"), default="socket",
+                    help="how the lab starts networkd (socket: as systemd does on a node)")
+    ap.add_argument("--pods", type=int, nargs="+", metavar="N", help="pod counts for part 2")
+    ap.add_argument("--iterations", type=int, metavar="N", help="reconfigures per pod count in part 2")
     ap.add_argument("--worker", choices=("a", "d"), help=argparse.SUPPRESS)
     ap.add_argument("--netns", help=argparse.SUPPRESS)
     ap.add_argument("--parent-netns", type=int, default=0, help=argparse.SUPPRESS)
@@ -844,15 +852,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes, repeats, c_sample = [500, 2000, 10000], {500: 5, 2000: 5, 10000: 3}, {}
         pod_counts, iterations = [300, 1000], {300: 15, 1000: 10}
-    result: dict[str, Any] = {"machine": m, "quick": args.quick}
+    if args.pods:
+        pod_counts = args.pods
+    if args.iterations or args.pods:
+        iterations = {n: args.iterations or iterations.get(n, 10) for n in pod_counts}
+    lab_kwargs: dict[str, Any] = {"activation": args.activation}
+    if args.networkd != "252":
+        from tests.lab import networkd_249
+        lab_kwargs["networkd"] = networkd_249() if args.networkd == "249" else args.networkd
+    result: dict[str, Any] = {"machine": m, "quick": args.quick, "lab": {k: str(v) for k, v in lab_kwargs.items()}}
     try:
-        log("part 1: replay throughput")
-        result["replay"] = part1(sizes, repeats, c_sample)
-        report_part1(result["replay"], repeats)
-        sys.stdout.flush()
+        if not args.lab_only:
+            log("part 1: replay throughput")
+            result["replay"] = part1(sizes, repeats, c_sample)
+            report_part1(result["replay"], repeats)
+            sys.stdout.flush()
         if not args.skip_lab:
-            log("part 2: repair latency in the lab")
-            result["latency"], result["memory"] = part2(pod_counts, iterations)
+            log(f"part 2: repair latency in the lab (networkd {args.networkd}, "
+                f"{'socket-activated' if args.activation == 'socket' else 'self-started'}, udev)")
+            result["latency"], result["memory"] = part2(pod_counts, iterations, lab_kwargs)
             report_part2(result["latency"], result["memory"])
     finally:
         Netns.close_all()
