@@ -22,6 +22,7 @@ EXIT_PROBLEM = 1  # status/diff: something is missing; replay: something could n
 EXIT_CONFIG = 2  # bad configuration or usage
 EXIT_NOT_RUNNING = 3  # status: the daemon is not running (as in LSB `status`)
 EXIT_UNKNOWN = 4  # status: running, but its status cannot be read
+EXIT_RESTART = 75  # run: networkd's socket changed; systemd restarts netd-hook (EX_TEMPFAIL)
 
 EPILOG = """\
 exit status: 0 fine; 1 something is missing (status, diff) or could not be restored (replay),
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
     from . import netlink
     from .journal import AuditSink, Notifier
-    from .service import Service
+    from .service import NetworkdSocketGone, Service
     from .service import log as service_log
 
     # First: the sockets systemd passed (Sockets=systemd-networkd.socket): networkd's rtnetlink socket.
@@ -156,6 +157,10 @@ def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> 
     except status.AlreadyRunning as exc:
         print(f"netd-hook: {exc}; see `netd-hook status --runtime-dir {runtime_dir}`", file=sys.stderr)
         return EXIT_PROBLEM
+    except NetworkdSocketGone as exc:
+        print(f"netd-hook: {exc}; exiting for systemd to restart netd-hook with networkd's current socket",
+              file=sys.stderr)
+        return EXIT_RESTART
     finally:
         notifier.close()
         audit.close()

@@ -484,15 +484,17 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[int]:
 @dataclass(frozen=True, slots=True)
 class ListenedSocket:
     """A socket systemd passed: networkd's rtnetlink socket when netd-hook.service has
-    `Sockets=systemd-networkd.socket`. Held open, never read, never polled."""
+    `Sockets=systemd-networkd.socket`. Only its port and inode are kept; the fd is closed at once
+    (never read): holding it would keep the socket, and its port, alive after PID 1 and networkd
+    dropped it, so that the socket PID 1 binds next would get another port."""
 
-    sock: socket.socket
     port: int
     inode: int
 
 
 def rtnetlink_sockets(fds: Sequence[int]) -> tuple[list[ListenedSocket], list[str]]:
-    """Split passed fds into rtnetlink sockets (kept) and the rest (closed, each described)."""
+    """The rtnetlink sockets among passed fds, and a description of each other fd. Every fd is
+    closed."""
     kept: list[ListenedSocket] = []
     other: list[str] = []
     for fd in fds:
@@ -508,11 +510,24 @@ def rtnetlink_sockets(fds: Sequence[int]) -> tuple[list[ListenedSocket], list[st
             _close_fd(fd)
             continue
         try:
-            kept.append(ListenedSocket(sock, port_of(sock), os.fstat(fd).st_ino))
+            kept.append(ListenedSocket(port_of(sock), os.fstat(fd).st_ino))
         except OSError as exc:
             other.append(f"fd {fd}: {exc.strerror or exc}")
+        finally:
             sock.close()
     return kept, other
+
+
+def rtnetlink_ports(table: str) -> dict[int, int]:
+    """Port -> socket inode of every NETLINK_ROUTE socket in /proc/self/net/netlink's text (the
+    network namespace's; readable by any user, ProcSubset=pid included)."""
+    out: dict[int, int] = {}
+    for line in table.splitlines()[1:]:
+        cols = line.split()
+        # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        if len(cols) >= 10 and cols[1] == "0" and cols[2].isdigit() and cols[9].isdigit():
+            out[int(cols[2])] = int(cols[9])
+    return out
 
 
 def _close_fd(fd: int) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from .netlink import rtnetlink_ports
+
 NETWORKD_COMM = "systemd-network"  # "systemd-networkd" cut to TASK_COMM_LEN - 1
 PID_MAX = 1 << 22  # kernel's PID_MAX_LIMIT on 64-bit: larger ports are not PIDs
 
@@ -47,6 +49,22 @@ class NetworkdPorts:
                 self._cache.clear()
             self._cache[port] = verdict
         return verdict
+
+    def vanished(self) -> list[int]:
+        """The passed sockets' ports that no socket has any more (/proc/self/net/netlink).
+
+        PID 1 binds a new socket when systemd-networkd.socket is (re)started; while the old one
+        is still open (a running networkd keeps it) the new one cannot get the same port, and
+        the next networkd uses the new one. netd-hook does not know that port: it must be
+        restarted to be handed the new socket. A new socket with the same port (the usual case:
+        the old one was gone first) is still networkd's: only PID 1 binds its own PID's port."""
+        if not self.sockets:
+            return []
+        try:
+            table = rtnetlink_ports((self._proc / "self" / "net" / "netlink").read_text())
+        except OSError:
+            return []  # cannot tell: keep trusting what systemd passed
+        return sorted(p for p in self.sockets if p not in table)
 
     def process(self, port: int) -> str | None:
         """Best effort, for the audit trail: the name of the process that probably owns `port`.

@@ -74,6 +74,11 @@ class Reload:
     pass
 
 
+class NetworkdSocketGone(Exception):
+    """networkd's socket, as systemd passed it, is gone: networkd now uses one whose port
+    netd-hook was never told. Exit for systemd to restart netd-hook with the current socket."""
+
+
 class Service:
     def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
                  bus_address: str | None = None, inject_fault: int = 0,
@@ -107,6 +112,7 @@ class Service:
         self.forgotten = Ledger()
         self.forget_run: dict[int, list[Any]] = {}  # port -> [count, example]: deletions by others, not yet logged
         self.bulk_announced = -1  # the generation whose bulk forgetting is in the journal
+        self.socket_gone: list[int] = []  # ports of passed sockets found gone: restart for the new one
         self.encoder = Encoder()
         self.set_aside: set[Entry] = set()
         self.state = decide.State(params=_params(cfg))
@@ -177,6 +183,10 @@ class Service:
                 if (interval := watchdog_interval()) is not None:
                     tg.start_soon(self._watchdog, interval)
                 await self._loop()
+                tg.cancel_scope.cancel()  # the loop only returns to exit: networkd's socket is gone
+            if self.socket_gone:
+                self.notifier.send(stopping=1, status="restarting: networkd's socket changed")
+                raise NetworkdSocketGone(f"networkd's socket (port {','.join(map(str, self.socket_gone))}) is gone")
         finally:
             self.rejected, burst = self.rejected.flush(anyio.current_time())
             if burst:
@@ -187,7 +197,7 @@ class Service:
                         self._save()
                     except OSError as exc:
                         log.error("cannot save snapshot at exit: %s", exc)
-                for s in (mon, batch_sock, dump_sock, *(ls.sock for ls in self.networkd_sockets)):
+                for s in (mon, batch_sock, dump_sock):
                     s.close()
                 os.close(self.replay_lock)
 
@@ -242,6 +252,8 @@ class Service:
                 self.wake_at = None
                 await self._step(decide.Tick())
             self._note_busy(now)
+            if self.socket_gone:
+                return
             if self.tracker.orphans:
                 await self._remove_orphans()
             if self.tracker.fresh:
@@ -273,6 +285,8 @@ class Service:
                 log.warning("netlink monitor overrun: notifications were lost; re-reading the kernel")
                 await self._step(decide.Suspect("monitor-overrun"))
             elif isinstance(ev, OwnerPid):
+                if ev.pid is not None:  # a new networkd: does it still use the socket systemd passed us?
+                    self._check_networkd_socket()
                 self.ports.set_pid(ev.pid)
                 self.networkd_pid = ev.pid
                 if ev.pid is not None and self.generation != self.announced_generation:
@@ -310,6 +324,10 @@ class Service:
         item = ev.item
         forgets = (cause is Cause.OTHER and not ev.new and isinstance(item, (Rule, Route))
                    and self.tracker.protects(item))
+        if forgets and (self.socket_gone or self._check_networkd_socket()):
+            # Who deleted it cannot be told any more: keep it (the liveness gate still stops a
+            # gone pod's rules), and let systemd restart us with networkd's current socket.
+            cause, forgets = Cause.KERNEL, False
         if self.tracker.apply(ev, cause):
             lost[cause.value] = lost.get(cause.value, 0) + 1
         elif forgets:
@@ -340,6 +358,18 @@ class Service:
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
         self._log_forgets()
+
+    def _check_networkd_socket(self) -> bool:
+        """True (and remembered) when a socket systemd passed us is gone; logs it once."""
+        if self.socket_gone:
+            return True
+        gone = self.ports.vanished()
+        if gone:
+            self.socket_gone = gone
+            log.error("networkd's rtnetlink socket (port %s) is gone: systemd-networkd.socket was restarted and "
+                      "networkd uses a new socket whose port netd-hook does not know; exiting so that systemd "
+                      "restarts netd-hook with it (nothing is forgotten meanwhile)", ",".join(map(str, gone)))
+        return bool(gone)
 
     def _log_forgets(self) -> None:
         """One line per port for the deletions by others seen together: who, how many, one example."""

@@ -153,3 +153,27 @@ def test_deletions_just_before_the_busy_signal_count_as_while_busy():
     led3 = Ledger()
     led3.networkd_busy(30.0)
     assert led3.forgot(_f(30.0 + NEAR / 2, 1)).busy
+
+
+_TABLE = """sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode
+0000000027c5a521 0   1          00000551 0        0        0     2        0        47673
+00000000b17bdfce 0   3870231608 00000000 0        0        0     2        0        51000
+00000000b17bdfc0 15  1          00000001 0        0        0     2        0        1587
+"""
+
+
+def test_the_netlink_table_gives_route_sockets_by_port():
+    assert netlink.rtnetlink_ports(_TABLE) == {1: 47673, 3870231608: 51000}  # protocol 15 is not route
+
+
+def test_a_passed_socket_is_gone_once_no_route_socket_has_its_port(tmp_path: Path):
+    (tmp_path / "self" / "net").mkdir(parents=True)
+    table = tmp_path / "self" / "net" / "netlink"
+    table.write_text(_TABLE)
+    assert NetworkdPorts([1], proc=tmp_path).vanished() == []
+    # PID 1 bound a new socket with the same port (the old one was gone first): still networkd's
+    table.write_text(_TABLE.replace("47673", "47999"))
+    assert NetworkdPorts([1], proc=tmp_path).vanished() == []
+    table.write_text(_TABLE.replace("0000000027c5a521 0   1 ", "0000000027c5a521 0   2 "))
+    assert NetworkdPorts([1], proc=tmp_path).vanished() == [1]
+    assert NetworkdPorts([], proc=tmp_path).vanished() == []  # no socket passed: nothing to check

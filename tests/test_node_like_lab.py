@@ -189,3 +189,30 @@ def test_without_networkds_socket_the_wipe_is_forgotten_but_never_called_whole(n
         metrics = (d.runtime_dir / "metrics.prom").read_text()
         assert "netd_hook_forgotten_doubt 1" in metrics
         assert sorted(prefs(rule_set(node))) != sorted(prefs(want[0]))
+
+
+@flavours("252")
+def test_a_new_networkd_socket_with_another_port_restarts_the_daemon_and_nothing_is_forgotten(
+        node: Lab, tmp_path: Path) -> None:
+    """systemd-networkd.socket restarted while networkd still holds the old socket: PID 1's new
+    socket gets another port, and the next networkd deletes through it. netd-hook was never told
+    that port: it must not take the wipe for the CNI's, but exit for systemd to restart it (which
+    hands it the new socket), and the restarted daemon repairs at start."""
+    want = healthy(node)
+    state = tmp_path / "state"
+    old_port = node.networkd_socket_port
+    d = Daemon(node, state).start()
+    try:
+        node.restart_networkd_socket()
+        assert node.networkd_socket_port != old_port  # the running networkd holds the old one
+        node.restart_networkd()  # the new networkd gets the new socket, and wipes (udev)
+        assert d.proc is not None
+        assert d.proc.wait(10) == 75, d.log()
+        assert f"networkd's rtnetlink socket (port {old_port}) is gone" in d.log()
+        assert "forgot " not in d.log()
+    finally:
+        d.close()
+    with Daemon(node, state) as again:  # what Restart=on-failure does
+        _, st = status_json(again)
+        assert st["networkd_sockets"] == [node.networkd_socket_port]
+        wait_back(node, want, again, "repair at start with the new socket")
