@@ -195,11 +195,16 @@ def test_node_runs_the_installed_daemon_with_networkds_socket(booted: Node) -> N
     pid = n.main_pid("netd-hook")
     env = dict(x.split("=", 1) for x in n.read_file(f"/proc/{pid}/environ").split("\0") if "=" in x)
     assert env.get("LISTEN_FDS") == "1" and env.get("LISTEN_FDNAMES") == "systemd-networkd.socket", env
-    # the socket systemd passed is networkd's own (same inode), bound by PID 1: port 1
-    ours = os.readlink(n.path(f"/proc/{pid}/fd/3"))
-    assert ours == os.readlink(n.path(f"/proc/{n.networkd_pid()}/fd/3")) and ours.startswith("socket:[")
+    # the socket systemd passed is networkd's own (same inode), bound by PID 1: port 1; netd-hook
+    # took its port and inode and closed its copy (it never reads it, and must not keep it alive)
+    theirs = int(os.readlink(n.path(f"/proc/{n.networkd_pid()}/fd/3")).strip("socket:[]"))
+    said = n.journal("-u", "netd-hook", "-g", "networkd's rtnetlink socket from systemd")
+    assert said and f"port 1 (inode {theirs})" in said[-1]["MESSAGE"], [e.get("MESSAGE") for e in said]
+    assert not any(os.readlink(n.path(f"/proc/{pid}/fd/{fd}")) == f"socket:[{theirs}]"
+                   for fd in os.listdir(n.path(f"/proc/{pid}/fd")))
     assert networkd_port(n) == 1
     wait_protecting(n)
+    assert status(n)["networkd_sockets"] == [1]
 
 
 def test_reconfigure_of_a_secondary_eni_is_repaired(booted: Node) -> None:
@@ -239,6 +244,20 @@ def test_networkd_restart_returns_with_everything_back(booted: Node) -> None:
     waited = n.journal("-u", "systemd-networkd", "SYSLOG_IDENTIFIER=netd-hook", "-n", "1")
     assert waited and re.match(rf"netd-hook wait: networkd generation \d+ \(pid {n.networkd_pid()}\) is settled",
                                waited[-1]["MESSAGE"]), [w.get("MESSAGE") for w in waited]
+
+
+def test_the_socket_unit_restarted_then_networkd_restarted(booted: Node) -> None:
+    """`systemctl restart systemd-networkd.socket` while networkd runs (systemd refuses, and
+    leaves the socket unit stopped), then a networkd restart: PID 1 binds a new socket for the
+    new networkd. netd-hook holds no copy of the old one, so the new one gets port 1 again and
+    the new networkd's wipe is repaired like any other."""
+    n = booted
+    n.systemctl("restart", "systemd-networkd.socket", check=False)
+    n.systemctl("restart", "systemd-networkd.service")
+    rules, routes = n.missing()
+    assert not rules and not routes, explain(n, "right after the socket and networkd restarts")
+    assert networkd_port(n) == 1
+    assert n.show("systemd-networkd.socket", "ActiveState")["ActiveState"] == "active"
 
 
 def test_a_pod_deleted_by_the_cni_stays_deleted(booted: Node) -> None:
