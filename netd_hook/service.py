@@ -390,7 +390,7 @@ class Service:
             return
         moved = self.forgotten.networkd_busy(now)
         if moved:
-            log.warning("%d entries forgotten just before networkd became busy count as forgotten while busy", moved)
+            log.info("%d entries forgotten just before networkd became busy count as forgotten while busy", moved)
             self._announce_bulk()
 
     def _announce_bulk(self) -> None:
