@@ -31,6 +31,7 @@ class Outcome:
     rules_restored: int = 0
     routes_restored: int = 0
     already_present: int = 0
+    existed: list[Entry] = field(default_factory=list)  # the kernel said EEXIST: it has them
     set_aside: list[tuple[Entry, int]] = field(default_factory=list)
     rollbacks: int = 0
     rolled_back: int = 0  # entries deleted again by those rollbacks
@@ -70,6 +71,7 @@ async def execute(
             entries = _entries(await replan())
             continue
         out.already_present += len(result.existed)
+        out.existed.extend(batch[i] for i in result.existed)
         if not result.failed:
             for i in result.acked:
                 if isinstance(batch[i], Rule):

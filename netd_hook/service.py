@@ -85,7 +85,7 @@ class Service:
                  runtime_dir: Path = status.DEFAULT_RUNTIME_DIR, audit: AuditSink | None = None,
                  networkd_sockets: Sequence[ListenedSocket] = ()) -> None:
         self.cfg = cfg
-        # networkd's rtnetlink socket as systemd passed it (Sockets=): held for its port, never read.
+        # networkd's rtnetlink socket as systemd passed it (Sockets=): its port and inode (fd closed).
         self.networkd_sockets = list(networkd_sockets)
         self.audit = audit or AuditSink(None, logger=log)  # journald, or log lines when there is none
         self.rejected = RejectedSignals()
@@ -113,6 +113,7 @@ class Service:
         self.forget_run: dict[int, list[Any]] = {}  # port -> [count, example]: deletions by others, not yet logged
         self.bulk_announced = -1  # the generation whose bulk forgetting is in the journal
         self.socket_gone: list[int] = []  # ports of passed sockets found gone: restart for the new one
+        self.socket_checked = False  # in this round of the loop (a drain deletes thousands of entries)
         self.encoder = Encoder()
         self.set_aside: set[Entry] = set()
         self.state = decide.State(params=_params(cfg))
@@ -241,6 +242,7 @@ class Service:
                     break
             events = _flatten(events)
             now = anyio.current_time()
+            self.socket_checked = False
             try:
                 await self._handle(events, now)
             except NetlinkError as exc:
@@ -361,8 +363,9 @@ class Service:
 
     def _check_networkd_socket(self) -> bool:
         """True (and remembered) when a socket systemd passed us is gone; logs it once."""
-        if self.socket_gone:
-            return True
+        if self.socket_gone or self.socket_checked:
+            return bool(self.socket_gone)
+        self.socket_checked = True
         gone = self.ports.vanished()
         if gone:
             self.socket_gone = gone
@@ -474,6 +477,10 @@ class Service:
         finally:
             fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
         self.set_aside.update(e for e, _ in out.set_aside)
+        # The kernel has what it answered EEXIST for, whatever our view said (an add of ours or of
+        # networkd's whose notification we read before the dump that missed it, say): without
+        # this, status would call it missing for good, with nothing left to trigger a repair.
+        self.tracker.mark_present(out.existed)
         if out.rollbacks and out.set_aside:
             entry, err = out.set_aside[0]
             self.audit.emit(rollback_audit(trigger, entry.describe(), err, out.rolled_back, failed=len(out.set_aside)))
@@ -588,7 +595,7 @@ class Service:
         st = self.state
         urgent = (self.generation, self.networkd_pid, decide.settled(st, now), st.busy, st.lost, st.verify,
                   tuple(sorted(st.links.items())), self.counters.repairs, self.counters.rollbacks,
-                  self.forgotten.while_busy >= 1)
+                  self.forgotten.doubt() is not None)
         key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside), self.forgotten.total)
         if key == self.published_key and now < self.published_at + HEARTBEAT:
             self.publish_at = self.published_at + HEARTBEAT

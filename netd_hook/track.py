@@ -134,6 +134,13 @@ class Tracker:
         for addr in list(self.restored):  # pods that went away between two views
             self._orphan(addr)
 
+    def mark_present(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            if isinstance(entry, Rule):
+                self.present_rules.add(entry)
+            else:
+                self.present_routes.add(entry)
+
     def apply(self, change: Change, cause: Cause) -> bool:
         """Apply one notification; True when it is a repairable loss of a protected entry."""
         item = change.item

@@ -1109,6 +1109,10 @@ class Lab:
         if managed and wait and self.networkd_pid is not None:
             self.wait_state(name)
         ifindex = int(self.read_file(f"/sys/class/net/{name}/ifindex"))
+        if table is not None and managed and not wait:
+            # As ipamd does: its table routes once the ENI is up (networkd brings it up; with udev
+            # only after udev has initialized the link), else "Device for nexthop is not up".
+            self._wait(lambda: int(self.read_file(f"/sys/class/net/{name}/flags"), 16) & 1, 15, f"{name} to be up")
         if table is not None:
             self.ip_batch([f"route replace {gw}/32 dev {name} scope link table {table}",
                            f"route replace default via {gw} dev {name} table {table}",

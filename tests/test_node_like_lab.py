@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests import test_daemon_lab as daemon_lab
 from tests.daemon import Daemon, prefs, rule_set, wait_until
 from tests.lab import NETWORKD, Lab, require_networkd_249
 from tests.test_daemon_lab import healthy, vpc_node, wait_back
@@ -86,10 +87,7 @@ def test_reconfigure_of_a_secondary_is_repaired(node: Lab, daemon: Daemon) -> No
 
 @flavours("249")
 def test_reconfigure_of_the_primary_alone_is_repaired(node: Lab, daemon: Daemon) -> None:
-    want = healthy(node)
-    mark = daemon.mark()
-    node.reconfigure("eth0")
-    wait_back(node, want, daemon, "repair after reconfigure eth0", mark=mark)
+    daemon_lab.test_reconfigure_of_the_primary_alone_is_repaired(node, daemon)
     assert_nothing_forgotten(daemon)
 
 
@@ -112,23 +110,13 @@ def test_a_plain_networkd_restart_wipes_and_is_repaired(node: Lab, daemon: Daemo
 
 @flavours("249")
 def test_restart_then_reconfigure_is_repaired(node: Lab, daemon: Daemon) -> None:
-    want = healthy(node)
-    mark = daemon.mark()
-    node.restart_networkd()
-    daemon.wait_log(r"networkd owner: :1\.", start=mark)
-    node.reconfigure("eth1", "eth2")
-    wait_back(node, want, daemon, "repair after restart + reconfigure", mark=mark)
+    daemon_lab.test_restart_then_reconfigure_is_repaired(node, daemon)
     assert_nothing_forgotten(daemon)
 
 
 @flavours("249")
 def test_new_managed_link_appearing_is_repaired(node: Lab, daemon: Daemon) -> None:
-    want = healthy(node)
-    mark = daemon.mark()
-    node.add_eni(3, wait=False)
-    node.wait_settled()
-    want = (want[0] | {r for r in rule_set(node) if dict(r)["priority"] == "32765"}, want[1])
-    wait_back(node, want, daemon, "repair after a new ENI", mark=mark)
+    daemon_lab.test_new_managed_link_appearing_is_repaired(node, daemon)
     assert_nothing_forgotten(daemon)
 
 

@@ -175,3 +175,12 @@ def test_protected_route_count_is_the_snapshots_without_copying_it():
     assert t.protected_route_count() == len(t.snapshot().protected_routes()) == 2
     t.forget(pod_rules("10.1.1.5", 2))  # the last rule looking up table 2 goes: so do its routes' protection
     assert t.protected_route_count() == len(t.snapshot().protected_routes()) == 0
+
+
+def test_what_the_kernel_says_it_has_is_present_in_the_view():
+    t = Tracker(Scope())
+    rule = pod_rules("10.1.1.5", 2)[0]
+    t.load(Dump(rules=[rule]))
+    t.present_rules.discard(rule)  # a view that missed its return
+    t.mark_present([rule])
+    assert rule in t.present_rules

@@ -166,6 +166,7 @@ def test_eexist_counts_as_present():
     w.kernel.add(_key(rules[0]))
     out = anyio.run(_execute, w, Plan(rules=rules))
     assert out.already_present == 1 and out.rules_restored == 1 and not out.rollbacks
+    assert out.existed == [rules[0]]  # the service marks it present in its view
 
 
 def test_unknown_outcome_replans_from_a_fresh_view_and_never_counts_as_success():
