@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -123,6 +124,7 @@ class Service:
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
         self.backlog: list[Any] = []  # events set aside by _catch_up, handled first
+        self.batch: deque[Any] = deque()  # the rest of the events being handled
         self.unsupported_seen: set[str] = set()
         self.tracker: Tracker
         tx, rx = anyio.create_memory_object_stream[Any](math.inf)
@@ -274,7 +276,9 @@ class Service:
         # Netlink changes are folded into one Lost per run of changes, so a burst of thousands
         # of deletions costs one decision (and one batch), not thousands.
         lost: dict[str, int] = {}
-        for ev in events:
+        self.batch = deque(events)  # what _catch_up may take netlink changes from (they are older)
+        while self.batch:
+            ev = self.batch.popleft()
             if isinstance(ev, Change):
                 self._apply(ev, lost)
                 if isinstance(ev.item, Link) and not ev.new:
@@ -297,6 +301,8 @@ class Service:
                                                               self.previous_owner))
             elif isinstance(ev, decide.LinkChanged):
                 await self._step(replace(ev, name=self.tracker.links.get(ev.index, "")))
+            elif isinstance(ev, decide.LinkRemoved):  # its netlink deletion was applied by _catch_up
+                await self._step(ev)
             elif isinstance(ev, (decide.OwnerChanged, decide.LinksListed)):
                 if isinstance(ev, decide.OwnerChanged) and ev.owner != self.state.owner:
                     log.info("networkd owner: %s", ev.owner or "(none)")
@@ -342,19 +348,34 @@ class Service:
                 run[0] += 1
 
     def _catch_up(self) -> None:
-        """Bring the kernel view up to date before planning a replay.
+        """Bring the kernel view up to date before planning a replay or re-reading the kernel.
 
-        networkd reports a link `configured` only after the kernel confirmed its addresses, but
-        those netlink notifications travel on another socket than the D-Bus signal and may be
-        unread yet: planning without them would hold back a rule keyed on the address. Netlink
-        changes already queued are applied first (they are older), then what the socket holds;
-        other events wait in the backlog, in order.
+        networkd's D-Bus signals and the kernel's netlink notifications travel on two sockets:
+        the signal that a link is `configured` can be read in the same wake-up as, and ahead of,
+        the notifications of what networkd did just before (its wipe, its addresses). Every
+        netlink change received so far is older than the decision being made, so all of them
+        are applied first: those still in the batch being handled, then those queued, then what
+        the socket holds. Without this the plan (or a dump) overtakes them: a deletion by
+        someone else was replayed and only then forgotten (on Debian 13 netd-hook 0.1.0 got the
+        wipe right or wrong by that luck), or a stale deletion, applied after the dump, left the
+        view saying "missing" about an entry the kernel has. Other events keep their order: the
+        batch's in the batch, the rest in the backlog.
         """
-        held = self._pending()
         lost: dict[str, int] = {}
-        for ev in _flatten(held):
+        rest: deque[Any] = deque()
+        for ev in self.batch:
+            if isinstance(ev, Change):
+                self._apply(ev, lost)
+                if isinstance(ev.item, Link) and not ev.new:
+                    rest.append(decide.LinkRemoved(ev.item.index))
+            else:
+                rest.append(ev)
+        self.batch = rest
+        for ev in _flatten(self._pending()):
             if isinstance(ev, Change):
                 self._apply(ev, lost)  # what they lost is in the plan about to be made
+                if isinstance(ev.item, Link) and not ev.new:
+                    self.backlog.append(decide.LinkRemoved(ev.item.index))
             else:
                 self.backlog.append(ev)
         for cause, n in lost.items():
@@ -450,6 +471,7 @@ class Service:
         """Re-read the kernel after networkd settles: the kernel flushes a reconfigured link's
         table routes without any notification, and an overrun monitor misses anything."""
         self.set_aside.clear()  # a new networkd generation: retry what failed before
+        self._catch_up()  # whatever deleted what (attribution) before the dump says what is gone
         return len(await self._resync())
 
     async def _replay(self, trigger: str) -> None:

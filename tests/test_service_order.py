@@ -1,0 +1,117 @@
+"""The order of two streams: networkd's D-Bus signals and the kernel's netlink notifications.
+
+The signal that a link is `configured` can be read in the same wake-up as, and ahead of, the
+netlink deletions networkd made just before it. Whatever the daemon decides on that signal
+(re-read the kernel, replay) must first take in every notification already received. Here the
+service's own loop code is driven with such a wake-up; the kernel is a fake dump, the writer a
+fake that records what would be sent (no I/O but one idle netlink socket the loop polls).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from netd_hook import config as configmod
+from netd_hook import decide, netlink
+from netd_hook.journal import Notifier
+from netd_hook.model import Snapshot
+from netd_hook.netlink import BatchResult, Change, Dump, HostRoute, Link
+from netd_hook.plan import Plan, plan
+from netd_hook.service import Service
+from netd_hook.track import Tracker
+from tests.fixtures import pod_rules
+
+OWNER = ":1.7"
+ETH1 = 3
+CNI_PORT = 4242  # not networkd's, not ours: a deletion on purpose
+NETWORKD_PORT = 1  # the socket systemd passed
+
+
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def send(self, messages: Sequence[bytes], timeout: float) -> BatchResult:
+        self.sent.append(len(messages))
+        return BatchResult(acked=list(range(len(messages))))
+
+
+def _service(tmp: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Tracker]:
+    from netd_hook.netlink import ListenedSocket
+
+    svc = Service(configmod.Config(state_dir=tmp), None, Notifier(""), runtime_dir=tmp,
+                  networkd_sockets=[ListenedSocket(NETWORKD_PORT, 1)])
+    svc.ports.vanished = lambda: []  # type: ignore[method-assign]  # the passed socket is alive
+    rules = pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.6", 2)
+    tracker = Tracker(configmod.Config().scope, Snapshot(frozenset(rules)))
+    tracker.load(_dump(rules))
+    svc.tracker = tracker
+    svc.own_ports = frozenset({777})
+    writer = RecordingWriter()
+    svc.writer = writer  # type: ignore[assignment]
+    mon = netlink.open_socket()  # idle: nothing is ever received on it
+    kept.append(mon)
+    svc.mon = mon
+    fd, lock = tempfile.mkstemp(dir=tmp)
+    os.close(fd)
+    svc.replay_lock = os.open(lock, os.O_RDONLY)
+    # networkd was configuring eth1: once it reports configured, the daemon re-reads the kernel
+    svc.state = decide.State(owner=OWNER, listed=True, links={ETH1: "configuring"}, verify=True,
+                             trigger=f"reconfigure:eth{ETH1}")
+    return svc, writer, tracker
+
+
+def _dump(rules: list[Any]) -> Dump:
+    """eth1 (managed), and both pods alive: host routes on their (unmanaged) veth."""
+    return Dump(rules=rules, links=[Link(ETH1, f"eth{ETH1}"), Link(9, "enia1b2c3d4e5f")],
+                host_routes=[HostRoute("10.1.1.5", "enia1b2c3d4e5f"), HostRoute("10.1.1.6", "enia1b2c3d4e5f")])
+
+
+def _kernel_without(svc: Service, gone: set[Any]) -> None:
+    async def resync() -> Plan:
+        svc.tracker.load(_dump([r for r in svc.tracker.present_rules | svc.tracker.rules if r not in gone]))
+        return svc._plan()
+    svc._resync = resync  # type: ignore[method-assign]
+
+
+def test_a_cni_deletion_read_after_the_configured_signal_is_still_never_replayed(tmp_path: Path) -> None:
+    kept: list[Any] = []
+    svc, writer, tracker = _service(tmp_path, kept)
+    gone = set(pod_rules("10.1.1.6", 2))
+    _kernel_without(svc, gone)
+    batch = [decide.LinkChanged(OWNER, ETH1, "configured"), *(Change(False, r, CNI_PORT) for r in gone)]
+    try:
+        anyio.run(svc._handle, batch, 0.0)
+    finally:
+        for s in kept:
+            s.close()
+    assert not gone & tracker.rules  # forgotten: the CNI deleted them
+    assert writer.sent == []  # and nothing was replayed, not even for a moment
+    assert svc.counters.forgotten_deliberate == 2
+
+
+def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_view_is_whole(tmp_path: Path) -> None:
+    kept: list[Any] = []
+    svc, writer, tracker = _service(tmp_path, kept)
+    gone = set(pod_rules("10.1.1.6", 2))
+    _kernel_without(svc, gone)
+    batch = [decide.LinkChanged(OWNER, ETH1, "configured"), *(Change(False, r, NETWORKD_PORT) for r in gone)]
+    try:
+        anyio.run(svc._handle, batch, 0.0)
+        # the replay's echoes (our own port) as the monitor would read them next
+        anyio.run(svc._handle, [Change(True, r, 777) for r in gone], 0.0)
+    finally:
+        for s in kept:
+            s.close()
+    assert writer.sent == [2]  # one batch, with both rules
+    assert gone <= tracker.rules and gone <= tracker.present_rules
+    assert len(plan(tracker.snapshot(), tracker.present_rules, tracker.present_routes,
+                    tracker.liveness(frozenset()), ())) == 0
+    assert not svc.state.lost and decide.settled(svc.state, math.inf)
