@@ -7,8 +7,9 @@ requests go through one rtnetlink socket, which it gets one of two ways:
   `systemd-networkd.socket` makes PID 1 bind the socket and hand it to each networkd it starts.
   Its port is whatever PID 1 got when it bound it (1 on a real node, anything in a test), and it
   stays the same across networkd restarts. netd-hook.service has `Sockets=systemd-networkd.socket`,
-  so systemd hands netd-hook the very same socket: its `getsockname()` is networkd's port. That
-  socket is held, never read (the messages in it are networkd's).
+  so systemd hands netd-hook the very same socket: its `getsockname()` is networkd's port.
+  netd-hook keeps that port and the socket's inode, and closes its copy at once, unread (the
+  messages in it are networkd's; see netlink.ListenedSocket for why it must not keep it).
 - **networkd binds its own** (no socket unit, or started by hand): the socket is autobound, so its
   port is networkd's PID, which the bus gives for the owner of `org.freedesktop.network1`
   (GetConnectionUnixProcessID). Before networkd has taken its name, /proc/<port>/comm tells
