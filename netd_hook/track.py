@@ -178,11 +178,13 @@ class Tracker:
         return False
 
     def _mark_restored(self, rule: Rule, ours: bool) -> None:
-        """Remember the pod rules netd-hook itself put back, until anyone else touches them."""
+        """Remember the pod rules netd-hook itself put back, until anyone else touches them.
+        A rule keyed on one of the node's own addresses (the ENI-primary 32765 rule) is never a
+        pod's: it is not remembered, so it can never be taken for an orphan."""
         addr = rule.host_address()
         if addr is None:
             return
-        if ours:
+        if ours and addr not in self.node_addresses and addr not in self.local_addresses:
             self.restored.setdefault(addr, set()).add(rule)
         elif addr in self.restored:
             self.restored[addr].discard(rule)
@@ -193,8 +195,8 @@ class Tracker:
         """The pod behind `addr` is gone. If its rules are in the kernel only because netd-hook
         replayed them (networkd wiped them, the CNI's own deletes then found nothing and the
         pod went away before or during the replay), take them out again: the CNI will not."""
-        if addr in self.host_routes or addr in self.local_addresses:
-            return
+        if addr in self.host_routes or addr in self.local_addresses or addr in self.node_addresses:
+            return  # a pod still there, or the node's own address (away for a moment at most)
         rules = self.restored.pop(addr, set())
         self.orphans.extend(r for r in rules if r in self.present_rules)
         self.forget(rules)

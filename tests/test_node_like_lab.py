@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,32 @@ def test_a_new_networkd_socket_with_another_port_restarts_the_daemon_and_nothing
         _, st = status_json(again)
         assert st["networkd_sockets"] == [node.networkd_socket_port]
         wait_back(node, want, again, "repair at start with the new socket")
+
+
+@flavours("252", "249")
+def test_the_eni_primary_rule_survives_a_re_dump_while_its_address_is_away(node: Lab, daemon: Daemon) -> None:
+    """Issue 10, finding 1: after a wipe netd-hook has put back the 32765 rule keyed on eth1's
+    address; networkd then removes and re-adds that address (it does so while reconfiguring), and
+    a re-dump of the kernel (a reload forces one) falls in between. The rule is the node's, not a
+    gone pod's: never forgotten, never deleted by netd-hook."""
+    e = node.enis[1]
+    rule = f"pref 32765 from {e.ip}/32 lookup {e.table}"
+    want = healthy(node)
+    mark = daemon.mark()
+    node.reconfigure("eth1")
+    node.wait_settled()
+    wait_back(node, want, daemon, "the wipe repaired", mark=mark)
+    _, status_before = status_json(daemon)
+    node.run("ip", "addr", "del", f"{e.ip}/{e.prefixlen}", "dev", e.name)  # the window networkd opens
+    mark = daemon.mark()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log(r"reloaded configuration", start=mark)
+    time.sleep(0.5)  # the re-dump and anything it would lead to
+    node.run("ip", "addr", "add", f"{e.ip}/{e.prefixlen}", "dev", e.name)
+    assert any(dict(r).get("priority") == "32765" and e.ip in str(r) for r in rule_set(node)), daemon.log()
+    assert f"removed {rule}" not in daemon.log() and "netd-hook had restored it" not in daemon.log()
+    wait_until(lambda: status_json(daemon)[1]["missing"] == 0, 10, "nothing missing", interval=0.2)
+    _, st = status_json(daemon)
+    assert st["protected"]["rules"] == status_before["protected"]["rules"], (st["protected"], daemon.log())
+

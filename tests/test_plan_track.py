@@ -184,3 +184,23 @@ def test_what_the_kernel_says_it_has_is_present_in_the_view():
     t.present_rules.discard(rule)  # a view that missed its return
     t.mark_present([rule])
     assert rule in t.present_rules
+
+
+def test_the_eni_primary_rule_is_never_an_orphan_while_its_address_is_briefly_away():
+    """Issue 10, finding 1: networkd removes and re-adds the ENI's address while reconfiguring;
+    a re-dump in between must not take the 32765 rule (keyed on that address) for a gone pod's:
+    neither forgotten nor deleted by netd-hook."""
+    t = _tracker()
+    eni_rule = NODE_RULES[2]  # pref 32765 from 10.0.1.10 lookup 2
+    t.apply(Change(False, eni_rule, NETWORKD_PORT), Cause.NETWORKD)  # the wipe
+    t.apply(Change(True, eni_rule, OUR_PORT), Cause.SELF)  # our replay
+    # a re-dump while eth1 has no address (networkd re-adding it); eth1 itself still exists
+    t.load(Dump(rules=[*NODE_RULES, *pod_rules("10.1.1.5", 2)], routes=eni_routes(1),
+                host_routes=[HostRoute("10.1.1.5", "eni1")],
+                links=[Link(2, "eth0"), Link(3, "eth1"), Link(4, "eni1")]))
+    assert t.orphans == [] and eni_rule in t.rules
+    t.apply(Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD)
+    assert t.orphans == [] and eni_rule in t.rules
+    # only its ENI going away for good ends it (and even then netd-hook deletes nothing)
+    t.apply(Change(False, Link(3, "eth1"), 0), Cause.KERNEL)
+    assert t.orphans == []
