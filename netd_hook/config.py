@@ -34,6 +34,10 @@ class Replay:
     # networkd gone from the bus (stopped, or the bus itself is down) this long: replay anyway,
     # guarded by netlink alone.
     absent_grace_ms: int = 5000
+    # A managed link busy (pending, initialized, configuring) this long, e.g. no carrier or a
+    # DHCP server that never answers, no longer holds back repairs; when it settles at last the
+    # kernel is checked again.
+    stuck_ms: int = 5000
     ack_timeout_ms: int = 2000
     max_attempts: int = 5
 
@@ -138,10 +142,12 @@ def parse(doc: dict[str, Any], path: str) -> Config:
         kw["exclude_protocols"] = _protocols(path, "[scope] exclude_protocols", sec["exclude_protocols"])
     scope = dataclasses.replace(scope, **kw)
 
-    rsec = _section(path, doc, "replay", {"quiet_ms", "absent_grace_ms", "ack_timeout_ms", "max_attempts"})
+    rsec = _section(path, doc, "replay", {"quiet_ms", "absent_grace_ms", "stuck_ms", "ack_timeout_ms",
+                                          "max_attempts"})
     limits = {
         "quiet_ms": (0, 60_000),
         "absent_grace_ms": (0, 600_000),
+        "stuck_ms": (100, 600_000),
         "ack_timeout_ms": (10, 60_000),
         "max_attempts": (1, 100),
     }

@@ -26,6 +26,9 @@ KNOWN_STATES = SETTLED_STATES | BUSY_STATES
 class Params:
     quiet: float = 0.0  # seconds without new losses before replaying
     absent_grace: float = 5.0  # networkd off the bus this long: replay without waiting for it
+    # A link busy this long (no carrier, a DHCP server that never answers, never initialized by
+    # udev) no longer holds back repairs of what the other links' passes deleted.
+    stuck_after: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class State:
     owner_since: float = 0.0
     listed: bool = False  # link states are known for the current owner
     links: Mapping[int, str] = field(default_factory=dict)
+    busy_since: Mapping[int, float] = field(default_factory=dict)  # links in a busy state, since when
     lost: int = 0  # repairable losses not yet handed to a replay
     last_loss: float = -math.inf
     verify: bool = False  # networkd was busy: re-read the kernel once it settles
@@ -119,7 +123,27 @@ Action = Replay | Verify | Wake
 def settled(state: State, now: float) -> bool:
     if state.owner is None:
         return now - state.owner_since >= state.params.absent_grace
-    return state.listed and all(s in SETTLED_STATES for s in state.links.values())
+    return state.listed and not any(
+        st not in SETTLED_STATES and not _stuck(state, i, now) for i, st in state.links.items())
+
+
+def _stuck(state: State, index: int, now: float) -> bool:
+    since = state.busy_since.get(index)
+    return since is not None and now - since >= state.params.stuck_after
+
+
+def stuck_links(state: State, now: float) -> dict[int, float]:
+    """Links busy for longer than the bound (they hold back no repair): index -> seconds busy."""
+    return {i: now - t for i, t in state.busy_since.items() if _stuck(state, i, now)}
+
+
+def _busy_since(state: State, index: int, st: str, now: float) -> dict[int, float]:
+    since = dict(state.busy_since)
+    if st in BUSY_STATES:
+        since.setdefault(index, now)
+    else:
+        since.pop(index, None)
+    return since
 
 
 def _cause(state: State, trigger: str) -> State:
@@ -130,7 +154,7 @@ def _apply(state: State, event: Event, now: float) -> State:
     if isinstance(event, OwnerChanged):
         if event.owner == state.owner:
             return state
-        s = replace(state, owner=event.owner, owner_since=now, listed=False, links={})
+        s = replace(state, owner=event.owner, owner_since=now, listed=False, links={}, busy_since={})
         if state.owner is not None:
             # A restart (or networkd gone): whatever it dropped may have left no trace we saw.
             s = _cause(replace(s, verify=True), "networkd-restart")
@@ -139,14 +163,19 @@ def _apply(state: State, event: Event, now: float) -> State:
         if event.owner != state.owner:
             return state
         states = {i: st for i, st in event.states.items() if st in KNOWN_STATES}
-        s = replace(state, listed=True, links=states)
+        s = replace(state, listed=True, links=states,
+                    busy_since={i: now for i, st in states.items() if st in BUSY_STATES})
         if any(st in BUSY_STATES for st in states.values()):
             s = _cause(replace(s, verify=True), "networkd-start")
         return s
     if isinstance(event, LinkChanged):
         if event.owner != state.owner or event.state not in KNOWN_STATES:
             return state
-        s = replace(state, links={**state.links, event.index: event.state})
+        s = replace(state, links={**state.links, event.index: event.state},
+                    busy_since=_busy_since(state, event.index, event.state, now))
+        if event.state in SETTLED_STATES and _stuck(state, event.index, now):
+            # It held nothing back while stuck; whatever its late configure deleted is found now.
+            s = _cause(replace(s, verify=True), f"link-settled:{event.name or event.index}")
         if event.state in BUSY_STATES:
             what = "link-added" if event.index not in state.links else "reconfigure"
             s = _cause(s, f"{what}:{event.name or event.index}")
@@ -160,7 +189,9 @@ def _apply(state: State, event: Event, now: float) -> State:
             return state
         links = dict(state.links)
         del links[event.index]
-        return replace(state, links=links)
+        since = dict(state.busy_since)
+        since.pop(event.index, None)
+        return replace(state, links=links, busy_since=since)
     if isinstance(event, Lost):
         if event.count <= 0:
             return state
@@ -182,7 +213,11 @@ def _drive(state: State, now: float) -> tuple[State, list[Action]]:
     if not settled(state, now):
         if state.owner is None:
             return state, [Wake(state.owner_since + state.params.absent_grace)]
-        return state, []
+        # Wake when the longest-busy link that is not stuck yet would count as stuck.
+        ends = [t + state.params.stuck_after for i, t in state.busy_since.items()
+                if state.links.get(i) in BUSY_STATES and not _stuck(state, i, now)]
+        wake = min(ends, default=math.inf)
+        return state, [Wake(wake)] if wake < math.inf else []
     trigger = state.trigger or "unknown"
     if state.lost:
         ready_at = state.last_loss + state.params.quiet

@@ -678,6 +678,9 @@ class Service:
                 "pid": self.networkd_pid,
                 "generation": self.generation,
                 "settled": settled,
+                # busy longer than [replay] stuck_ms: holding back no repair; seconds busy
+                "stuck": {t.links.get(i, str(i)): round(secs, 1)
+                          for i, secs in sorted(decide.stuck_links(st, now).items())},
                 "links": {t.links.get(i, str(i)): s for i, s in sorted(st.links.items())},
             },
             # Nothing missing, nothing pending, networkd settled: what `netd-hook wait` waits for.
@@ -731,4 +734,5 @@ def _flatten(events: list[Any]) -> list[Any]:
 
 
 def _params(cfg: configmod.Config) -> decide.Params:
-    return decide.Params(quiet=cfg.replay.quiet_ms / 1000, absent_grace=cfg.replay.absent_grace_ms / 1000)
+    return decide.Params(quiet=cfg.replay.quiet_ms / 1000, absent_grace=cfg.replay.absent_grace_ms / 1000,
+                         stuck_after=cfg.replay.stuck_ms / 1000)

@@ -164,3 +164,39 @@ def test_configuring_asks_for_a_verification_once_settled():
     _, out = run(up(), [(1.0, LinkChanged(A, 1, "initialized", "eth1")), (1.01, LinkChanged(A, 1, "configuring")),
                         (1.05, LinkChanged(A, 1, "configured"))])
     assert out == [(1.05, Verify("reconfigure:eth1"))]
+
+
+def test_a_link_that_never_settles_holds_back_repairs_only_for_the_bound():
+    """Issue 10, finding 2: eth3 has no carrier and stays configuring; eth1's reconfigure wipes
+    the rules: they are repaired once eth3 has been busy for stuck_after, not never."""
+    s = up(stuck_after=3.0)
+    s, out = run(s, [(10.0, LinkChanged(A, 9, "configuring", "eth3")),
+                     (11.0, LinkChanged(A, 1, "configuring", "eth1")), (11.01, Lost(40, "networkd")),
+                     (11.2, LinkChanged(A, 1, "configured"))])
+    assert {a for _, a in out} == {Wake(13.0)}  # held back by eth3 until 13.0, then no longer
+    assert not settled(s, 12.9) and settled(s, 13.0)
+    s, out = run(s, [(13.0, Tick())])
+    assert out == [(13.0, Replay("link-added:eth3"))]
+    s, out = run(s, [(13.001, Done())])
+    assert out == [(13.001, Verify("link-added:eth3"))]  # eth1's configuring asked for one
+    s, _ = run(s, [(13.002, Done())])
+    from netd_hook.decide import stuck_links
+    assert stuck_links(s, 20.0) == {9: 10.0}
+    # when eth3 does settle at last, the kernel is checked again (its configure wiped too)
+    s, out = run(s, [(30.0, LinkChanged(A, 9, "configured"))])
+    assert out == [(30.0, Verify("link-settled:9"))]
+    assert stuck_links(s, 31.0) == {}
+
+
+def test_a_link_udev_never_initialized_is_stuck_too_and_a_busy_link_does_not_count_forever():
+    s = State(params=Params(stuck_after=2.0))
+    s, out = run(s, [(0.0, OwnerChanged(A)), (0.0, LinksListed(A, {1: "pending", 2: "configured"})),
+                     (0.5, Lost(3, "networkd"))])
+    assert out == [(0.0, Wake(2.0)), (0.5, Wake(2.0))]  # networkd-start asked for a verification
+    s, out = run(s, [(2.0, Tick())])
+    assert [type(a) for _, a in out] == [Replay]
+    # without a bound (the pure default) it waits, as before
+    s2 = State()
+    s2, out = run(s2, [(0.0, OwnerChanged(A)), (0.0, LinksListed(A, {1: "pending"})), (0.5, Lost(3, "networkd")),
+                       (99.0, Tick())])
+    assert out == [] and not settled(s2, 1e9)

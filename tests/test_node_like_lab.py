@@ -234,3 +234,33 @@ def test_the_eni_primary_rule_survives_a_re_dump_while_its_address_is_away(node:
     _, st = status_json(daemon)
     assert st["protected"]["rules"] == status_before["protected"]["rules"], (st["protected"], daemon.log())
 
+
+
+@flavours("252", "249")
+def test_a_link_without_carrier_holds_back_repairs_only_for_stuck_ms(node: Lab, tmp_path: Path) -> None:
+    """Issue 10, finding 2: eth3 appears, managed, without carrier: networkd starts configuring
+    it (and wipes every foreign rule), then leaves it `configuring` for good. The wipe is repaired
+    once eth3 has been busy for stuck_ms, and so is a later one by eth1's reconfigure; `status`
+    names eth3; when eth3 gets its carrier at last the kernel is checked again (networkd 249 wipes
+    again on carrier gain, 252 does not): whole at the end."""
+    want = healthy(node)
+    with Daemon(node, tmp_path / "state", config="[replay]\nstuck_ms = 1500\n") as d:
+        mark = d.mark()
+        node.write_file("/etc/systemd/network/10-eth3.network", "[Match]\nName=eth3\n\n[Network]\n"
+                        "Address=10.0.3.10/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+        node.reload()
+        node.ip_batch(["link add eth3 type veth peer name vpc3"])  # vpc3 stays down: no carrier
+        node.wait_state("eth3", "configuring")
+        wait_back(node, want, d, "repair despite a link stuck configuring", timeout=15, mark=mark)
+        assert node.link_states()["eth3"] == "configuring"
+        wait_until(lambda: "eth3" in status_json(d)[1]["networkd"]["stuck"], 5, "eth3 named as stuck")
+        assert "eth3" in d.cli("status").stdout
+        mark = d.mark()
+        started = time.monotonic()
+        node.reconfigure("eth1")
+        wait_back(node, want, d, "eth1's wipe repaired while eth3 is stuck", timeout=15, mark=mark)
+        assert time.monotonic() - started < 10
+        node.run("ip", "link", "set", "vpc3", "up")  # the carrier comes: eth3 configures at last
+        node.wait_state("eth3", "configured")
+        wait_back(node, want, d, "whole after the stuck link settled (249 wipes again on carrier)")
+        wait_until(lambda: status_json(d)[1]["networkd"]["stuck"] == {}, 5, "eth3 no longer stuck")
