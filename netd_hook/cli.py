@@ -288,14 +288,16 @@ def _wait_inner(args: argparse.Namespace) -> int:
         if not pr.running:
             print("netd-hook wait: netd-hook is not running; not waiting", file=sys.stderr)
             return EXIT_OK
-        why = _not_done(pr.status, want, state_dir, cfg)
+        why, unchecked = _not_done(pr.status, want, state_dir, cfg)
         if not why:
             doc = pr.status or {}
             last = doc.get("last_repair") or {}
             nd = doc.get("networkd", {})
             forgotten = doc.get("forgotten") or {}
+            checked = ("the kernel has every entry netd-hook still protects" if not unchecked else
+                       f"the daemon reports nothing missing; the kernel itself was NOT checked ({unchecked})")
             print(f"netd-hook wait: networkd generation {nd.get('generation')} (pid {nd.get('pid')}) is settled "
-                  f"and the kernel has every entry netd-hook still protects, after {time.monotonic() - started:.2f}s "
+                  f"and {checked}, after {time.monotonic() - started:.2f}s "
                   f"(last repair: {last.get('trigger', 'none')}; forgotten as deleted on purpose in this "
                   f"generation: {forgotten.get('generation', '?')})", file=sys.stderr)
             if forgotten.get("doubt"):
@@ -309,23 +311,26 @@ def _wait_inner(args: argparse.Namespace) -> int:
         time.sleep(0.05)
 
 
-def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path, cfg: configmod.Config) -> str:
-    """Why waiting goes on ("" when done). The daemon must have seen this networkd (its PID) settle
-    with nothing pending, and then the kernel itself must hold every protected entry: the daemon's
-    word alone could predate a wipe whose signals it has not read yet."""
+def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path,
+              cfg: configmod.Config) -> tuple[str, str]:
+    """(why waiting goes on, "" when done; what could not be checked, "" when everything was).
+    The daemon must have seen this networkd (its PID) settle with nothing pending, and then the
+    kernel itself must hold every protected entry: the daemon's word alone could predate a wipe
+    whose signals it has not read yet. Without a readable snapshot the kernel cannot be checked,
+    and the message must say so rather than claim it."""
     if doc is None:
-        return "the daemon has not published its status"
+        return "the daemon has not published its status", ""
     nd = doc.get("networkd") or {}
     if want is not None and nd.get("pid") != want:
-        return f"the daemon has not seen networkd pid {want} yet (it knows pid {nd.get('pid')})"
+        return f"the daemon has not seen networkd pid {want} yet (it knows pid {nd.get('pid')})", ""
     if not doc.get("complete"):
-        return f"networkd settled: {nd.get('settled')}, missing: {doc.get('missing')}"
+        return f"networkd settled: {nd.get('settled')}, missing: {doc.get('missing')}", ""
     try:
         snap = ops.read_snapshot(state_dir)
-    except ops.OpsError:
-        return ""  # nothing saved to check against: the daemon's word is all there is
+    except ops.OpsError as exc:
+        return "", f"cannot read the snapshot: {exc}"
     chk = ops.check_now(snap, cfg.scope)
-    return f"the kernel still misses {len(chk.plan)} protected entries" if len(chk.plan) else ""
+    return (f"the kernel still misses {len(chk.plan)} protected entries" if len(chk.plan) else ""), ""
 
 if __name__ == "__main__":
     sys.exit(main())

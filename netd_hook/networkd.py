@@ -94,6 +94,15 @@ class BusCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class Counted:
+    """A rejected or bad bus message was counted (BusCounters): nothing to decide, but the loop
+    wakes up to publish and audit it now rather than at its next unrelated event."""
+
+
+COUNTED = Counted()
+
+
+@dataclass(frozen=True, slots=True)
 class OwnerPid:
     """PID of the current owner of org.freedesktop.network1; None when there is no owner."""
 
@@ -266,6 +275,7 @@ class _Session:
             self._counters.rejected_signals += 1
             if len(self._counters.rejected_senders) < MAX_PENDING_SENDERS:
                 self._counters.rejected_senders.append(result.sender)
+            self._emit(COUNTED)  # wake the loop: the count is published and audited promptly
             n = self._counters.rejected_signals
             log.log(
                 logging.INFO if n == 1 or n % LOG_EVERY == 0 else logging.DEBUG,
@@ -278,6 +288,7 @@ class _Session:
 
     def _bad_value(self, reason: str) -> None:
         self._counters.bad_values += 1
+        self._emit(COUNTED)
         n = self._counters.bad_values
         log.log(
             logging.WARNING if n == 1 or n % LOG_EVERY == 0 else logging.DEBUG,
@@ -494,7 +505,7 @@ async def watch(
     """Watch networkd on the system bus until cancelled; never raises for bus trouble.
 
     `emit` is called from the event loop for each event (`decide.OwnerChanged`,
-    `decide.LinksListed`, `decide.LinkChanged`, `OwnerPid`); it must not block or raise.
+    `decide.LinksListed`, `decide.LinkChanged`, `OwnerPid`, `Counted`); it must not block or raise.
     `address` overrides the bus address (default: $DBUS_SYSTEM_BUS_ADDRESS, which dbus-fast
     reads, else /var/run/dbus/system_bus_socket). `task_status.started()` is called once, after
     the first connection is subscribed and the links of the current owner (if any) are listed.

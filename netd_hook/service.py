@@ -41,7 +41,7 @@ from .journal import (
 )
 from .model import Entry, Route, Rule
 from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, ListenedSocket, NetlinkError, Unsupported
-from .networkd import BusCounters, OwnerPid, watch
+from .networkd import BusCounters, Counted, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
 from .replay import Outcome, execute
@@ -317,6 +317,8 @@ class Service:
                 await self._step(ev)
             elif isinstance(ev, Reload):
                 await self._reload()
+            elif isinstance(ev, Counted):
+                pass  # woke the loop: the end of this round audits and publishes the new counts
             elif isinstance(ev, _Startup):
                 missing = len(self._plan())
                 if missing:

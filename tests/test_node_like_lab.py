@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import test_daemon_lab as daemon_lab
-from tests.daemon import Daemon, prefs, rule_set, wait_until
+from tests.daemon import ROOT, Daemon, prefs, rule_set, wait_until
 from tests.lab import NETWORKD, Lab, require_networkd_249
 from tests.test_daemon_lab import healthy, vpc_node, wait_back
 
@@ -264,3 +264,34 @@ def test_a_link_without_carrier_holds_back_repairs_only_for_stuck_ms(node: Lab, 
         node.wait_state("eth3", "configured")
         wait_back(node, want, d, "whole after the stuck link settled (249 wipes again on carrier)")
         wait_until(lambda: status_json(d)[1]["networkd"]["stuck"] == {}, 5, "eth3 no longer stuck")
+
+
+@flavours("252")
+def test_wait_says_what_it_could_not_check(node: Lab, daemon: Daemon, tmp_path: Path) -> None:
+    """Issue 10, finding 8: without a readable snapshot `wait` cannot read the kernel against
+    it, and must say so instead of claiming the kernel was checked."""
+    elsewhere = tmp_path / "no-snapshot-here"
+    elsewhere.mkdir()
+    argv = [*daemon.argv, "wait", "--timeout", "5", "--runtime-dir", str(daemon.runtime_dir),
+            "--state-dir", str(elsewhere)]
+    r = node.run("env", f"PYTHONPATH={ROOT}", *argv, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "the kernel itself was NOT checked (cannot read the snapshot" in r.stderr, r.stderr
+    assert "the kernel has every entry" not in r.stderr
+    r = daemon.cli("wait", "--timeout", "5")  # with it: checked, and said so
+    assert "the kernel has every entry netd-hook still protects" in r.stderr, r.stderr
+
+
+@flavours("252")
+def test_rejected_signals_are_published_at_once(node: Lab, daemon: Daemon) -> None:
+    """Issue 10, finding 8: a forged signal's count reaches status.json promptly, not at the next
+    unrelated event or the 30 s heartbeat."""
+    eth1 = node.enis[1].ifindex
+    time.sleep(1.0)  # past the start-up publishes
+    node.busctl("emit", f"/org/freedesktop/network1/link/_3{eth1}", "org.freedesktop.DBus.Properties",
+                "PropertiesChanged", "sa{sv}as", "org.freedesktop.network1.Link", "1",
+                "AdministrativeState", "s", "configuring", "0")
+    started = time.monotonic()
+    wait_until(lambda: status_json(daemon)[1]["counters"]["rejected_signals"] >= 1, 5, "the count published",
+               interval=0.05)
+    assert time.monotonic() - started < 2.0
