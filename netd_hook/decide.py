@@ -39,6 +39,7 @@ class State:
     listed: bool = False  # link states are known for the current owner
     links: Mapping[int, str] = field(default_factory=dict)
     busy_since: Mapping[int, float] = field(default_factory=dict)  # links in a busy state, since when
+    active_at: float = -math.inf  # last time networkd was seen at work (a link busy, a new owner)
     lost: int = 0  # repairable losses not yet handed to a replay
     last_loss: float = -math.inf
     verify: bool = False  # networkd was busy: re-read the kernel once it settles
@@ -154,7 +155,8 @@ def _apply(state: State, event: Event, now: float) -> State:
     if isinstance(event, OwnerChanged):
         if event.owner == state.owner:
             return state
-        s = replace(state, owner=event.owner, owner_since=now, listed=False, links={}, busy_since={})
+        s = replace(state, owner=event.owner, owner_since=now, listed=False, links={}, busy_since={},
+                    active_at=now)
         if state.owner is not None:
             # A restart (or networkd gone): whatever it dropped may have left no trace we saw.
             s = _cause(replace(s, verify=True), "networkd-restart")
@@ -173,6 +175,8 @@ def _apply(state: State, event: Event, now: float) -> State:
             return state
         s = replace(state, links={**state.links, event.index: event.state},
                     busy_since=_busy_since(state, event.index, event.state, now))
+        if event.state in BUSY_STATES or state.links.get(event.index) in BUSY_STATES:
+            s = replace(s, active_at=now)
         if event.state in SETTLED_STATES and _stuck(state, event.index, now):
             # It held nothing back while stuck; whatever its late configure deleted is found now.
             s = _cause(replace(s, verify=True), f"link-settled:{event.name or event.index}")

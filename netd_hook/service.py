@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import config as configmod
 from . import decide, metrics, netlink, ops, status, store
-from .forgotten import Forget, Ledger
+from .forgotten import NEAR, Forget, Ledger
 from .journal import (
     AuditSink,
     Notifier,
@@ -67,6 +67,8 @@ class Counters:
     forgotten_deliberate: int = 0  # deletions by others (the CNI): never replayed
     orphans_removed: int = 0  # rules we had restored for a pod that then went away
     monitor_overruns: int = 0
+    save_failures: int = 0  # snapshot writes that failed (full or read-only state directory)
+    publish_failures: int = 0  # status.json or metrics writes that failed
     repairs_by_trigger: dict[str, int] = field(default_factory=dict)  # trigger kind: "reconfigure", ...
 
 
@@ -117,10 +119,16 @@ class Service:
         self.socket_checked = False  # in this round of the loop (a drain deletes thousands of entries)
         self.encoder = Encoder()
         self.set_aside: set[Entry] = set()
+        # Found missing after a monitor overrun with networkd idle all the while: who deleted them
+        # cannot be told, so they are held back (shown, `netd-hook replay` puts them back).
+        self.unattributed: set[Entry] = set()
+        self.overrun_at: float | None = None  # loop clock of the last overrun not yet verified
         self.state = decide.State(params=_params(cfg))
         self.wake_at: float | None = None
         self.save_at: float | None = None
         self.saved_version = -1
+        self.saved_at: float | None = None  # wall clock of the last snapshot written
+        self.failing: dict[str, store.Failing] = {}  # "snapshot", "status", "metrics": writes failing now
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
         self.backlog: list[Any] = []  # events set aside by _catch_up, handled first
@@ -158,8 +166,12 @@ class Service:
             log.warning("test hook: the kernel will be made to fail rule %d of the next batch", self.inject_fault)
             self.writer = FaultyWriter(BatchWriter(batch_sock), self.inject_fault)
         self.dump_sock = dump_sock
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.replay_lock = ops.open_lock(self.state_dir / ops.REPLAY_LOCK)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the first save says so (degraded); protecting needs no file
+            log.debug("cannot create %s: %s", self.state_dir, exc)
+        self._remove_debris()
+        self.replay_lock = self._open_replay_lock()
         try:
             loaded = store.load(self.state_dir)
             if loaded.status == "loaded":
@@ -196,10 +208,7 @@ class Service:
                 self.audit.emit(rejected_signals_audit(burst))
             with anyio.CancelScope(shield=True):
                 if hasattr(self, "tracker"):
-                    try:
-                        self._save()
-                    except OSError as exc:
-                        log.error("cannot save snapshot at exit: %s", exc)
+                    self._save_at_exit()
                 for s in (mon, batch_sock, dump_sock):
                     s.close()
                 os.close(self.replay_lock)
@@ -267,8 +276,12 @@ class Service:
             if self.save_at is not None and now >= self.save_at:
                 self.save_at = None
                 version, snap = self.tracker.version, self.tracker.snapshot()  # on the loop: no races
-                await anyio.to_thread.run_sync(store.save, self.state_dir, snap)
-                self.saved_version = version
+                try:
+                    await anyio.to_thread.run_sync(store.save, self.state_dir, snap)
+                except OSError as exc:  # full or read-only: keep protecting from memory, try again later
+                    self.save_at = self._write_failed("snapshot", self.state_dir / store.SNAPSHOT_FILE, exc)
+                else:
+                    self._saved(version)
             self._audit_rejections(anyio.current_time())
             self._maybe_publish(anyio.current_time())
 
@@ -288,6 +301,7 @@ class Service:
             await self._flush(lost)
             if ev is None:
                 self.counters.monitor_overruns += 1
+                self.overrun_at = self.overrun_at or anyio.current_time()
                 log.warning("netlink monitor overrun: notifications were lost; re-reading the kernel")
                 await self._step(decide.Suspect("monitor-overrun"))
             elif isinstance(ev, OwnerPid):
@@ -463,7 +477,11 @@ class Service:
     def _plan(self, trust_routes: bool = True) -> Plan:
         t = self.tracker
         routes = t.present_routes if trust_routes else ()
-        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.set_aside)
+        if self.unattributed:  # back (someone re-added them, or a one-shot replay), or no longer protected
+            self.unattributed = {e for e in self.unattributed if t.protects(e) and e not in t.present_rules
+                                 and e not in t.present_routes}
+        held = self.set_aside | self.unattributed if self.unattributed else self.set_aside
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), held)
 
     async def _resync(self) -> Plan:
         self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, self.dump_sock))
@@ -474,7 +492,22 @@ class Service:
         table routes without any notification, and an overrun monitor misses anything."""
         self.set_aside.clear()  # a new networkd generation: retry what failed before
         self._catch_up()  # whatever deleted what (attribution) before the dump says what is gone
-        return len(await self._resync())
+        p = await self._resync()
+        overrun, self.overrun_at = self.overrun_at, None
+        if overrun is not None and len(p) and not self._networkd_active_since(overrun - NEAR):
+            # The deletions in the gap were lost with the notifications, and networkd did nothing
+            # then: replaying would be a guess (an operator's `ip rule del`, say). Hold them back.
+            entries: list[Entry] = [*p.routes, *p.rules]
+            self.unattributed.update(entries)
+            log.warning("after a netlink monitor overrun %d protected entries are missing (e.g. %s) and networkd "
+                        "was idle: who deleted them cannot be told, so they are not put back; "
+                        "`netd-hook replay` puts them back", len(entries), entries[0].describe())
+            return 0
+        return len(p)
+
+    def _networkd_active_since(self, since: float) -> bool:
+        """networkd was busy (a link configuring, a restart) at some point since `since`."""
+        return not decide.settled(self.state, anyio.current_time()) or self.state.active_at >= since
 
     async def _replay(self, trigger: str) -> None:
         started = time.perf_counter()
@@ -574,11 +607,96 @@ class Service:
         if len(self.encoder) > 2 * (len(self.tracker.rules) + len(self.tracker.routes)) + 64:
             self.encoder.retain(self.tracker.rules | self.tracker.routes)
 
-    def _save(self) -> None:
-        """Synchronous: at start and at exit only (the loop writes from a worker thread)."""
+    def _save(self) -> bool:
+        """Synchronous: at start and at exit only (the loop writes from a worker thread).
+
+        Never raises for a full or read-only state directory: the snapshot is in memory, which
+        is what protecting needs; the loop's save timer tries again with backoff."""
         version = self.tracker.version
-        store.save(self.state_dir, self.tracker.snapshot())
+        try:
+            store.save(self.state_dir, self.tracker.snapshot())
+        except OSError as exc:
+            self.save_at = self._write_failed("snapshot", self.state_dir / store.SNAPSHOT_FILE, exc)
+            return False
+        self._saved(version)
+        return True
+
+    def _save_at_exit(self) -> None:
+        version, path = self.tracker.version, self.state_dir / store.SNAPSHOT_FILE
+        try:
+            store.save(self.state_dir, self.tracker.snapshot())
+        except OSError as exc:
+            when = ("none written by this daemon" if self.saved_at is None
+                    else f"the one from {time.strftime('%H:%M:%S UTC', time.gmtime(self.saved_at))} stays")
+            log.error("snapshot not saved at exit: %s; %s (the next start merges it with the kernel)",
+                      store.describe(store.failed(None, "snapshot", path, exc, 0.0, 0.0)), when)
+            return
+        self._saved(version)
+
+    def _saved(self, version: int) -> None:
         self.saved_version = version
+        self.saved_at = time.time()
+        self._write_ok("snapshot")
+
+    def _write_failed(self, what: str, path: Path, exc: OSError) -> float:
+        """Count a failed write of `what`; one warning per spell (the rest at debug level), the
+        systemd status says degraded. Returns when to try again (the loop's clock)."""
+        now = anyio.current_time()
+        prev = self.failing.get(what)
+        f = self.failing[what] = store.failed(prev, what, path, exc, now, time.time())
+        if what == "snapshot":
+            self.counters.save_failures += 1
+        else:
+            self.counters.publish_failures += 1
+        group = {"snapshot"} if what == "snapshot" else {"status", "metrics"}  # the state dir; the runtime dir
+        if prev is None and not group & (self.failing.keys() - {what}):
+            consequence = {
+                "snapshot": "the file stays as it was (a restart merges it with the kernel)",
+                "status": "`netd-hook status` and `wait` read an older status",
+                "metrics": "the metrics file stays as it was",
+            }.get(what, "")
+            log.warning("degraded: %s; still protecting from memory, %s; retrying in %.0fs, backing off to once "
+                        "every %.0fs", store.describe(f), consequence, f.delay, store.RETRY_MAX)
+            self.notifier.send(status=self._status())
+        elif prev is None:  # its neighbour already said so: one warning per spell
+            log.info("degraded: also %s", store.describe(f))
+            self.notifier.send(status=self._status())
+        elif (prev.errno, prev.error) != (f.errno, f.error):
+            log.info("still degraded: %s", store.describe(f))
+        else:
+            log.debug("%s (failure %d); retrying in %.0fs", store.describe(f), f.failures, f.delay)
+        return f.retry_at
+
+    def _write_ok(self, what: str) -> None:
+        f = self.failing.pop(what, None)
+        if f is None:
+            return
+        log.info("recovered: %s written to %s again, after %d failed attempts over %.0fs%s", what, f.path,
+                 f.failures, time.time() - f.since, "" if self.failing else "; no longer degraded")
+        self.notifier.send(status=self._status())
+
+    def _metrics_path(self) -> Path:
+        return self.cfg.metrics_textfile or self.runtime_dir / metrics.DEFAULT_FILE
+
+    def _remove_debris(self) -> None:
+        """Temporary files of a netd-hook killed while writing (kill -9 during a save): only the
+        exact names store.atomic_write uses for this daemon's own files."""
+        targets = ((self.state_dir, store.SNAPSHOT_FILE), (self.runtime_dir, status.STATUS_FILE),
+                   (self._metrics_path().parent, self._metrics_path().name))
+        for directory, name in targets:
+            for path in store.remove_stale_temps(directory, name):
+                log.info("removed %s: left by a netd-hook killed while writing %s", path, name)
+
+    def _open_replay_lock(self) -> int:
+        """The lock one-shot `netd-hook replay`s take. When it cannot be opened (a read-only or
+        missing state directory), no one-shot can create it either: a private stand-in keeps
+        the batches' locking as it is."""
+        try:
+            return ops.open_lock(self.state_dir / ops.REPLAY_LOCK)
+        except OSError as exc:
+            log.warning("cannot open %s (%s): batches are not serialised with one-shot `netd-hook replay`s "
+                        "(which cannot take it either)", self.state_dir / ops.REPLAY_LOCK, exc.strerror)
+            return os.memfd_create("netd-hook-replay-lock", os.MFD_CLOEXEC)
 
     async def _reload(self) -> None:
         try:
@@ -619,17 +737,26 @@ class Service:
         st = self.state
         urgent = (self.generation, self.networkd_pid, decide.settled(st, now), st.busy, st.lost, st.verify,
                   tuple(sorted(st.links.items())), self.counters.repairs, self.counters.rollbacks,
-                  self.forgotten.doubt() is not None)
-        key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside), self.forgotten.total)
-        if key == self.published_key and now < self.published_at + HEARTBEAT:
-            self.publish_at = self.published_at + HEARTBEAT
+                  self.forgotten.doubt() is not None, tuple(sorted(self.failing)))
+        key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside), self.forgotten.total,
+               self.counters.save_failures + self.counters.publish_failures,
+               len(self.unattributed), self.counters.monitor_overruns)
+        # a status.json or metrics write that failed is tried again on its backoff, not sooner
+        retry = min((f.retry_at for w, f in self.failing.items() if w != "snapshot"), default=math.inf)
+        if key == self.published_key and now < self.published_at + HEARTBEAT and now < retry:
+            self.publish_at = min(self.published_at + HEARTBEAT, retry)
             return
-        if urgent != self.published_key[:len(urgent)] or now >= self.published_at + PUBLISH_INTERVAL:
+        if (urgent != self.published_key[:len(urgent)] or now >= self.published_at + PUBLISH_INTERVAL
+                or now >= retry):
             self._publish(now)
             if self.publish_at is None:  # nothing newer arrived meanwhile
                 self.published_key = key
         else:
             self.publish_at = self.published_at + PUBLISH_INTERVAL
+        # a failed write's next attempt is a timer of its own: nothing else need wake the loop by then
+        retry = min((f.retry_at for w, f in self.failing.items() if w != "snapshot"), default=math.inf)
+        if retry < math.inf and (self.publish_at is None or retry < self.publish_at):
+            self.publish_at = retry
 
     def _pending(self) -> list[Any]:
         """Everything queued for the loop, then what the monitor socket holds, in that order
@@ -660,12 +787,23 @@ class Service:
         elif missing and self.missing_since is None:
             self._outage_starts()
         doc = self._status_doc(now, missing, len(p.skipped))
-        try:
-            status.publish(self.runtime_dir, doc)
-            metrics.write(self.cfg.metrics_textfile or self.runtime_dir / metrics.DEFAULT_FILE, doc)
-        except OSError as exc:
-            log.error("cannot publish status to %s: %s", self.runtime_dir, exc)
+        failing = set(self.failing)
+        for what, path in (("status", self.runtime_dir / status.STATUS_FILE), ("metrics", self._metrics_path())):
+            spell = self.failing.get(what)
+            if spell is not None and now < spell.retry_at:
+                continue  # backing off: a full or read-only directory is tried again at retry_at
+            try:
+                if what == "status":
+                    status.publish(self.runtime_dir, doc)
+                else:
+                    metrics.write(path, doc)
+            except OSError as exc:
+                self._write_failed(what, path, exc)
+            else:
+                self._write_ok(what)
         self.published_at = now
+        if set(self.failing) != failing:  # what was just written says otherwise: again, with the news
+            self.publish_at = now
 
     def _status_doc(self, now: float, missing: int, held_back: int) -> dict[str, Any]:
         st, t, c = self.state, self.tracker, self.counters
@@ -691,6 +829,8 @@ class Service:
             "missing": missing,
             "held_back": held_back,
             "set_aside": [e.describe() for e in sorted(self.set_aside, key=lambda e: e.describe())][:50],
+            # missing after a monitor overrun while networkd was idle: not replayed (who deleted them?)
+            "unattributed": [e.describe() for e in sorted(self.unattributed, key=lambda e: e.describe())][:50],
             "forgotten": self.forgotten.doc(),
             "missing_since": self.missing_since_wall if self.missing_since is not None else None,
             "outage_seconds": round(outage, 6),
@@ -707,6 +847,10 @@ class Service:
             "networkd_sockets": [s.port for s in self.networkd_sockets],
             "config": self.cfg.source,
             "state_dir": str(self.state_dir),
+            # None, or the writes failing now (full or read-only directory): still protecting from memory
+            "degraded": store.degraded_doc(self.failing, now, time.time()),
+            "snapshot_saved_at": self.saved_at,  # wall clock of the last snapshot written (None: not yet)
+            "snapshot_unsaved": self.tracker.version != self.saved_version,  # the file lags the daemon
         }
 
     def _status(self) -> str:
@@ -716,6 +860,10 @@ class Service:
              f"networkd {'settled' if settled else 'busy'}; repairs {self.counters.repairs}")
         if self.last_repair:
             s += f"; last: {self.last_repair.trigger} +{self.last_repair.rules_restored} rules"
+        if self.failing:
+            since = min(f.since for f in self.failing.values())
+            s = (f"DEGRADED since {time.strftime('%H:%M:%S UTC', time.gmtime(since))}: "
+                 f"{'; '.join(store.describe(f) for f in self.failing.values())}; {s}")
         return s
 
 

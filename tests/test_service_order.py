@@ -26,7 +26,7 @@ from netd_hook.netlink import BatchResult, Change, Dump, HostRoute, Link
 from netd_hook.plan import Plan, plan
 from netd_hook.service import Service
 from netd_hook.track import Tracker
-from tests.fixtures import pod_rules
+from tests.fixtures import NODE_RULES, pod_rules
 
 OWNER = ":1.7"
 ETH1 = 3
@@ -115,3 +115,42 @@ def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_vie
     assert len(plan(tracker.snapshot(), tracker.present_rules, tracker.present_routes,
                     tracker.liveness(frozenset()), ())) == 0
     assert not svc.state.lost and decide.settled(svc.state, math.inf)
+
+
+def _settled(svc: Service) -> None:
+    svc.state = decide.State(owner=OWNER, listed=True, links={ETH1: "configured"})
+
+
+def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_guessed(tmp_path: Path) -> None:
+    """Issue 10, finding 7: notifications were lost (ENOBUFS); an operator deleted the 1024 rule
+    in that gap, networkd did nothing. The re-dump shows it missing, but who deleted it cannot be
+    told: it is held back (and shown), not replayed."""
+    kept: list[Any] = []
+    svc, writer, tracker = _service(tmp_path, kept)
+    _settled(svc)
+    node_rule = NODE_RULES[1]  # pref 1024 fwmark 0x80/0x80 lookup main
+    tracker.load(_dump([*tracker.rules, node_rule]))
+    _kernel_without(svc, {node_rule})
+    try:
+        anyio.run(svc._handle, [None], 0.0)  # None: the monitor overran
+    finally:
+        for s in kept:
+            s.close()
+    assert writer.sent == []
+    assert node_rule in svc.unattributed and node_rule in tracker.rules  # held, not forgotten
+    assert svc.counters.monitor_overruns == 1
+    assert svc._status_doc(0.0, 0, 0)["unattributed"] == [node_rule.describe()]
+
+
+def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tmp_path: Path) -> None:
+    kept: list[Any] = []
+    svc, writer, tracker = _service(tmp_path, kept)  # eth1 configuring: networkd is at work
+    node_rule = NODE_RULES[1]
+    tracker.load(_dump([*tracker.rules, node_rule]))
+    _kernel_without(svc, {node_rule})
+    try:
+        anyio.run(svc._handle, [None, decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
+    finally:
+        for s in kept:
+            s.close()
+    assert writer.sent == [1] and not svc.unattributed
