@@ -157,6 +157,9 @@ def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> 
     except status.AlreadyRunning as exc:
         print(f"netd-hook: {exc}; see `netd-hook status --runtime-dir {runtime_dir}`", file=sys.stderr)
         return EXIT_PROBLEM
+    except netlink.NetlinkError as exc:  # the start-up dump kept failing (NLM_F_DUMP_INTR, say)
+        print(f"netd-hook: cannot read the kernel's rules and routes: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     except NetworkdSocketGone as exc:
         print(f"netd-hook: {exc}; exiting for systemd to restart netd-hook with networkd's current socket",
               file=sys.stderr)

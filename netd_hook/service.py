@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync
 PUBLISH_INTERVAL = 0.5  # status.json and metrics during pod churn; changes that matter go out at once
 HEARTBEAT = 30.0  # re-publish this often even when nothing changed (doctor calls older "stale")
+NETLINK_RETRY = 1.0  # after a dump or batch failed twice in a row
 MONITOR_RCVBUF = 32 << 20  # a wipe of 10,000 rules must not overrun the monitor
 
 
@@ -255,15 +256,20 @@ class Service:
             now = anyio.current_time()
             self.socket_checked = False
             try:
-                await self._handle(events, now)
-            except NetlinkError as exc:
-                # A batch or dump that failed outright: the next verification starts over.
-                log.error("netlink error: %s; will re-read the kernel", exc)
-                self.state = replace(self.state, busy=False)
-                await self._step(decide.Suspect("netlink-error"))
-            if self.wake_at is not None and now >= self.wake_at:
-                self.wake_at = None
-                await self._step(decide.Tick())
+                try:
+                    await self._handle(events, now)
+                except NetlinkError as exc:
+                    # A batch or dump that failed outright: the next verification starts over.
+                    log.error("netlink error: %s; will re-read the kernel", exc)
+                    self.state = replace(self.state, busy=False)
+                    await self._step(decide.Suspect("netlink-error"))
+                if self.wake_at is not None and now >= self.wake_at:
+                    self.wake_at = None
+                    await self._step(decide.Tick())
+            except NetlinkError as exc:  # and again: keep serving, try once more a little later
+                log.error("netlink error again: %s; re-reading the kernel in %g s", exc, NETLINK_RETRY)
+                self.state = replace(self.state, busy=False, verify=True)
+                self.wake_at = anyio.current_time() + NETLINK_RETRY
             self._note_busy(now)
             if self.socket_gone:
                 return
