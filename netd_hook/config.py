@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .model import PROTOCOLS
+from .model import PROTOCOLS, read_regular, show
 from .scope import PRIORITY_MAX, Range, Scope
 
 if sys.version_info >= (3, 11):
@@ -17,6 +17,9 @@ else:  # Ubuntu 22.04 ships 3.10
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path("/etc/netd-hook/netd-hook.toml")
+# A configuration is a few hundred bytes; what is larger than this is not one (and /dev/zero
+# must not be read until memory runs out).
+CONFIG_MAX_BYTES = 1 << 20
 DEFAULT_STATE_DIR = Path("/var/lib/netd-hook")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TABLE_NAMES = {"default": 253, "main": 254, "local": 255}
@@ -53,8 +56,13 @@ class Config:
     source: str = "<defaults>"
 
 
+def _key(key: str) -> str:
+    """A key as TOML lets it be spelled (quoted, with newlines), shown on one line."""
+    return key if key.isprintable() and len(key) <= 60 else show(key)
+
+
 def _err(path: str, key: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"{path}: {key}: {value!r} {why}")
+    return ConfigError(f"{path}: {key}: {show(value)} {why}")
 
 
 def _int(path: str, key: str, value: Any, lo: int, hi: int) -> int:
@@ -116,7 +124,7 @@ def _section(path: str, doc: dict[str, Any], name: str, allowed: set[str]) -> di
         raise _err(path, name, sec, "is not a table")
     for key in sec:
         if key not in allowed:
-            raise _err(path, f"[{name}] {key}", sec[key], f"is not a known key (known: {sorted(allowed)})")
+            raise _err(path, f"[{name}] {_key(key)}", sec[key], f"is not a known key (known: {sorted(allowed)})")
     return sec
 
 
@@ -124,7 +132,7 @@ def parse(doc: dict[str, Any], path: str) -> Config:
     top = {"log_level", "state_dir", "scope", "replay", "metrics"}
     for key in doc:
         if key not in top:
-            raise _err(path, key, doc[key], f"is not a known key (known: {sorted(top)})")
+            raise _err(path, _key(key), doc[key], f"is not a known key (known: {sorted(top)})")
     scope_keys = {"include_priorities", "exclude_priorities", "include_tables", "exclude_tables", "exclude_protocols"}
     sec = _section(path, doc, "scope", scope_keys)
     scope = Scope()
@@ -157,29 +165,41 @@ def parse(doc: dict[str, Any], path: str) -> Config:
     if log_level not in LOG_LEVELS:
         raise _err(path, "log_level", log_level, f"is not one of {list(LOG_LEVELS)}")
     state_dir = doc.get("state_dir", str(DEFAULT_STATE_DIR))
-    if not isinstance(state_dir, str) or not state_dir.startswith("/"):
+    if not isinstance(state_dir, str) or not state_dir.startswith("/") or "\0" in state_dir:
         raise _err(path, "state_dir", state_dir, "is not an absolute path")
     msec = _section(path, doc, "metrics", {"textfile"})
     textfile = msec.get("textfile")
     if textfile is not None and (not isinstance(textfile, str) or not textfile.startswith("/")
-                                 or not textfile.endswith(".prom")):
+                                 or not textfile.endswith(".prom") or "\0" in textfile):
         raise _err(path, "[metrics] textfile", textfile, 'is not an absolute path ending in ".prom"')
     return Config(scope=scope, replay=replay, log_level=log_level, state_dir=Path(state_dir),
                   metrics_textfile=Path(textfile) if textfile else None, source=path)
 
 
 def load(path: Path | None) -> Config:
-    """Read `path`; with None, the default file when it exists, else the defaults."""
+    """Read `path`; with None, the default file when it exists, else the defaults.
+
+    Every problem is a ConfigError of one line naming the file: unreadable, not a regular file
+    (a FIFO is refused, never waited on), larger than CONFIG_MAX_BYTES, not UTF-8, not TOML
+    (nested too deeply for the parser included), or a bad key or value."""
     if path is None:
-        if not DEFAULT_CONFIG.exists():
+        try:
+            DEFAULT_CONFIG.stat()
+        except (FileNotFoundError, NotADirectoryError):
             return Config()
+        except OSError as exc:
+            raise ConfigError(f"{DEFAULT_CONFIG}: cannot read: {exc.strerror}") from exc
         path = DEFAULT_CONFIG
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, CONFIG_MAX_BYTES)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+    except MemoryError:
+        raise ConfigError(f"{path}: not valid TOML: too large to parse") from None
     return parse(doc, str(path))

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from . import status as statusmod
+from .model import file_kind, read_regular
 from .render import age
 from .store import SNAPSHOT_FILE
 
@@ -68,6 +69,11 @@ KEYS = (RULES_KEY, ROUTES_KEY)
 RULES_SINCE = 249  # NEWS for 249: ManageForeignRoutingPolicyRules=
 ROUTES_SINCE = 246  # NEWS for 246: networkd.conf gained ManageForeignRoutes=
 MAIN_SEARCH_SINCE = 256  # systemd PR #30480: main config files also in /run, /usr/local/lib, /usr/lib
+
+# The most doctor reads of one file: networkd's own files are a few hundred bytes, /etc/passwd
+# and /etc/group rarely more than a few hundred KiB. A FIFO or a device among them is refused,
+# never opened (a FIFO would block doctor, /dev/zero would exhaust its memory).
+READ_MAX_BYTES = 16 << 20
 
 NETWORKD_USER = "systemd-network"  # User= of systemd-networkd.service; networkd parses as this user
 CURE_DIR = "/etc/systemd/networkd.conf.d"
@@ -379,8 +385,12 @@ def _read(root: Path, inside: str) -> _Read:
         return _Read("error", error=f"cannot stat: {exc.strerror}")
     if stat.S_ISDIR(st.st_mode):
         return _Read("error", error="is a directory", st=st)
+    if stat.S_ISCHR(st.st_mode):  # null_or_empty(): any character device masks, like /dev/null
+        return _Read("masked", st=st)
+    if not stat.S_ISREG(st.st_mode):
+        return _Read("error", error=f"not a regular file ({file_kind(st.st_mode)})", st=st)
     try:
-        data = host.read_bytes()
+        data = read_regular(host, READ_MAX_BYTES)
     except OSError as exc:
         return _Read("error", error=f"cannot read: {exc.strerror}", st=st)
     return _Read("read" if data else "empty", data, st=st)
@@ -392,21 +402,25 @@ class _Ids:
     gids: frozenset[int]
 
 
+def _text(path: Path) -> str:
+    return read_regular(path, READ_MAX_BYTES).decode(errors="replace")
+
+
 def _networkd_ids(root: Path) -> _Ids:
     """uid and groups of systemd-network from <root>/etc/passwd and /etc/group (best effort)."""
     uid: int | None = None
     gids: set[int] = set()
     try:
-        for line in _host(root, "/etc/passwd").read_text(errors="replace").splitlines():
+        for line in _text(_host(root, "/etc/passwd")).splitlines():
             f = line.split(":")
             if len(f) >= 4 and f[0] == NETWORKD_USER and f[2].isdigit() and f[3].isdigit():
                 uid = int(f[2])
                 gids.add(int(f[3]))
-        for line in _host(root, "/etc/group").read_text(errors="replace").splitlines():
+        for line in _text(_host(root, "/etc/group")).splitlines():
             f = line.split(":")
             if len(f) >= 4 and f[2].isdigit() and NETWORKD_USER in f[3].split(","):
                 gids.add(int(f[2]))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a uid of over 4,300 digits
         pass
     return _Ids(uid, frozenset(gids))
 
@@ -829,8 +843,9 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
         return out  # "not installed" says it all
     if not running:
         last = ""
-        if status is not None and isinstance(status.get("updated_at"), (int, float)):
-            last = f" Its last status was published {age(now - float(status['updated_at']))} ago."
+        last_at = statusmod.timestamp(status.get("updated_at")) if status is not None else None
+        if last_at is not None:
+            last = f" Its last status was published {age(now - last_at)} ago."
         out.append(Finding("netd-hook.running", need, f"netd-hook is not running{why}",
                            "Nothing puts back what networkd deletes." + last,
                            ("systemctl start netd-hook\n" if unit.unit_file and not unit.masked else "")
@@ -846,16 +861,16 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                            "journalctl -u netd-hook -n 50 --no-pager\nsystemctl restart netd-hook"))
     else:
         pid = status.get("pid")
-        started = status.get("started_at")
-        up = f", up {age(now - float(started))}" if isinstance(started, (int, float)) else ""
+        started = statusmod.timestamp(status.get("started_at"))
+        up = f", up {age(now - started)}" if started is not None else ""
         out.append(Finding("netd-hook.running", Severity.OK, f"netd-hook is running (pid {pid}{up})"))
-        updated = status.get("updated_at")
-        if not isinstance(updated, (int, float)):
+        updated = statusmod.timestamp(status.get("updated_at"))
+        if updated is None:
             out.append(Finding("netd-hook.status", Severity.WARNING, "netd-hook's status has no updated_at",
                                "Cannot tell whether the daemon is alive.", "journalctl -u netd-hook -n 50 --no-pager"))
-        elif now - float(updated) > stale_after:
+        elif now - updated > stale_after:
             out.append(Finding("netd-hook.status", Severity.WARNING,
-                               f"netd-hook's status is stale: last published {age(now - float(updated))} ago "
+                               f"netd-hook's status is stale: last published {age(now - updated)} ago "
                                f"(more than {int(stale_after)}s)",
                                "The daemon holds its lock but has stopped publishing: it may be stuck.",
                                "journalctl -u netd-hook -n 50 --no-pager\nsystemctl restart netd-hook"))
@@ -865,7 +880,7 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
             if isinstance(prot, dict):
                 what = f": protecting {prot.get('rules', '?')} rules, {prot.get('routes', '?')} routes"
             out.append(Finding("netd-hook.status", Severity.OK,
-                               f"netd-hook's status is fresh (published {age(now - float(updated))} ago){what}"))
+                               f"netd-hook's status is fresh (published {age(now - updated)} ago){what}"))
             missing = status.get("missing")
             if isinstance(missing, int) and missing > 0:
                 out.append(Finding("netd-hook.missing", Severity.WARNING,
@@ -984,7 +999,9 @@ def run(root: Path, runtime_dir: Path, state_dir: Path, now: float, version: int
     except OSError as exc:
         probe = statusmod.Probe(False, None, f"cannot probe {runtime_dir}: {exc.strerror}")
     try:
-        snapshot_mtime: float | None = os.stat(state_dir / SNAPSHOT_FILE).st_mtime
-    except OSError:
+        st = os.stat(state_dir / SNAPSHOT_FILE)
+        # what is not a regular file there (a directory, a FIFO) is no snapshot the daemon could load
+        snapshot_mtime: float | None = st.st_mtime if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         snapshot_mtime = None
     return facts, assess(facts, probe, snapshot_mtime, now, stale_after)

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .status import count, number, section
 from .store import atomic_write
 
 DEFAULT_FILE = "metrics.prom"
@@ -33,11 +34,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _fmt(value: float) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(int(value))
+def _fmt(value: Any) -> str:
+    """A sample's value; what is not a finite number (a document that lies) is exposed as 0."""
+    if isinstance(value, float):
+        return repr(number(value))
+    return str(count(value)) if isinstance(value, int) else "0"
 
 
-def _family(name: str, kind: str, help_: str, samples: Mapping[str, float]) -> Iterator[str]:
+def _family(name: str, kind: str, help_: str, samples: Mapping[str, Any]) -> Iterator[str]:
     yield f"# HELP netd_hook_{name} {help_}"
     yield f"# TYPE netd_hook_{name} {kind}"
     for labels, value in samples.items():
@@ -45,23 +49,24 @@ def _family(name: str, kind: str, help_: str, samples: Mapping[str, float]) -> I
 
 
 def render(doc: Mapping[str, Any]) -> str:
-    c: Mapping[str, Any] = doc.get("counters", {})
-    nd: Mapping[str, Any] = doc.get("networkd", {})
-    last = doc.get("last_repair") or {}
+    """The exposition of a status document; any document (a value of the wrong type is 0)."""
+    c = section(doc, "counters")
+    nd = section(doc, "networkd")
+    last = section(doc, "last_repair")
     lines: list[str] = []
-    by_trigger = c.get("repairs_by_trigger", {})
+    by_trigger = sorted(((str(k), v) for k, v in section(c, "repairs_by_trigger").items()), key=lambda kv: kv[0])
     lines += _family("repairs_total", "counter", "repairs, by what triggered them",
-                     {f'{{trigger="{_escape(k)}"}}': v for k, v in sorted(by_trigger.items())} or {"": 0})
+                     {f'{{trigger="{_escape(k)}"}}': v for k, v in by_trigger} or {"": 0})
     for name, help_ in _COUNTERS:
         lines += _family(name, "counter", help_, {"": c.get(name.removesuffix("_total"), 0)})
-    protected = doc.get("protected", {})
+    protected = section(doc, "protected")
     lines += _family("protected_entries", "gauge", "rules and routes in the snapshot",
                      {'{kind="rule"}': protected.get("rules", 0), '{kind="route"}': protected.get("routes", 0)})
     lines += _family("missing_entries", "gauge", "protected entries missing from the kernel now",
                      {"": doc.get("missing", 0)})
     lines += _family("held_back_entries", "gauge", "missing entries the liveness gate holds back",
                      {"": doc.get("held_back", 0)})
-    forgotten = doc.get("forgotten") or {}
+    forgotten = section(doc, "forgotten")
     lines += _family("forgotten_while_networkd_busy_entries", "gauge",
                      "entries forgotten as deliberate while networkd was busy, this networkd generation "
                      "(many: the node may not be whole)", {"": forgotten.get("while_busy", 0)})
@@ -70,17 +75,17 @@ def render(doc: Mapping[str, Any]) -> str:
                      "for the node", {"": int(bool(forgotten.get("doubt")))})
     lines += _family("outage_seconds_total", "counter",
                      "seconds during which protected entries were missing (the node's actual outage)",
-                     {"": float(doc.get("outage_seconds", 0.0))})
+                     {"": number(doc.get("outage_seconds"))})
     lines += _family("last_repair_duration_seconds", "gauge", "duration of the last repair",
-                     {"": float(last.get("duration_ms", 0.0)) / 1000})
+                     {"": number(last.get("duration_ms")) / 1000})
     lines += _family("last_repair_timestamp_seconds", "gauge", "when the last repair finished (0: none yet)",
-                     {"": float(last.get("at", 0.0))})
+                     {"": number(last.get("at"))})
     lines += _family("networkd_settled", "gauge", "1 when networkd owns its name and every link is settled",
                      {"": int(bool(nd.get("settled")))})
     lines += _family("networkd_generation", "counter", "networkd bus owners seen (restarts + 1)",
                      {"": nd.get("generation", 0)})
     lines += _family("start_time_seconds", "gauge", "when the daemon started",
-                     {"": float(doc.get("started_at", 0.0))})
+                     {"": number(doc.get("started_at"))})
     return "\n".join(lines) + "\n"
 
 

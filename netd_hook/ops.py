@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import netlink
-from .model import FormatError, Route, Rule, Snapshot, snapshot_from_json
+from .model import FormatError, Route, Rule, Snapshot, load_snapshot_file
 from .plan import Plan, plan
 from .replay import Outcome, execute
 from .scope import Scope
@@ -39,14 +38,12 @@ class OpsError(Exception):
 def read_snapshot(state_dir: Path) -> Snapshot:
     path = state_dir / SNAPSHOT_FILE
     try:
-        raw = path.read_bytes()
+        return load_snapshot_file(path)  # bounded, never blocking (wait runs inside networkd's start)
     except FileNotFoundError:
         raise OpsError(f"no snapshot at {path}: has the daemon ever run with --state-dir {state_dir}?") from None
     except OSError as exc:
-        raise OpsError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return snapshot_from_json(json.loads(raw))
-    except (ValueError, FormatError) as exc:
+        raise OpsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except FormatError as exc:
         raise OpsError(f"{path} is corrupt ({exc}); the daemon moves it aside and rebuilds from the kernel "
                        "when it starts: `systemctl restart netd-hook`") from None
 

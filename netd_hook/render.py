@@ -9,6 +9,7 @@ from typing import Any
 from .model import Route, Rule
 from .ops import MAIN, Check, Groups, ReplayResult
 from .plan import Plan
+from .status import count, items, number, section, timestamp
 
 
 def age(seconds: float) -> str:
@@ -23,20 +24,23 @@ def age(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
-def _ago(then: float | None, now: float) -> str:
-    return f"{age(now - then)} ago" if then else "never"
+def _ago(then: Any, now: float) -> str:
+    t = timestamp(then)
+    return f"{age(now - t)} ago" if t else "never"
 
 
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+def _when(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp(t) or 0))
 
 
 def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
-    nd: Mapping[str, Any] = doc.get("networkd", {})
-    c: Mapping[str, Any] = doc.get("counters", {})
-    prot: Mapping[str, Any] = doc.get("protected", {})
-    missing = int(doc.get("missing", 0))
-    forgotten: Mapping[str, Any] = doc.get("forgotten") or {}
+    """The status document as `netd-hook status` shows it. Any document: what has the wrong type
+    shows as its default (status.probe has already refused a document that does not check out)."""
+    nd = section(doc, "networkd")
+    c = section(doc, "counters")
+    prot = section(doc, "protected")
+    missing = count(doc.get("missing"))
+    forgotten = section(doc, "forgotten")
     doubt = forgotten.get("doubt")
     if not running:
         head = "inactive (not running)"
@@ -56,12 +60,12 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
     nd_state = "settled" if nd.get("settled") else "busy (configuring)"
     if owner is None:
         nd_state = "not on the bus"
-    sockets = doc.get("networkd_sockets")
+    sockets = items(doc.get("networkd_sockets"))
     how = (f"its socket from systemd has port {', '.join(str(p) for p in sockets)}" if sockets
            else "no socket from systemd: recognised by its pid")
     lines.append(f"networkd: {nd_state}; owner {owner or '-'} pid {nd.get('pid') or '-'}, "
                  f"generation {nd.get('generation', 0)}; {how}")
-    links: Mapping[str, str] = nd.get("links", {})
+    links = section(nd, "links")
     if links:
         managed = [f"{name} {state}" for name, state in links.items() if state != "unmanaged"]
         unmanaged = len(links) - len(managed)
@@ -69,29 +73,29 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
                      + (f"; {unmanaged} unmanaged (pod veths, lo)" if unmanaged else ""))
     lines.append(f"protects: {prot.get('rules', 0)} rules, {prot.get('routes', 0)} routes; missing now: {missing}"
                  + (f" (+{doc.get('held_back')} held back by the liveness gate)" if doc.get("held_back") else ""))
-    last = doc.get("last_repair")
+    last = section(doc, "last_repair")
     if last:
         lines.append(f"  repair: {_ago(last.get('at'), now)} ({_when(last.get('at', 0))}), "
                      f"trigger {last.get('trigger')}: "
                      f"+{last.get('rules_restored')} rules, +{last.get('routes_restored')} routes, "
-                     f"{last.get('skipped_dead')} skipped (dead), {last.get('duration_ms', 0):.1f} ms")
+                     f"{last.get('skipped_dead')} skipped (dead), {number(last.get('duration_ms')):.1f} ms")
     else:
         lines.append("  repair: none yet")
     lines.append(f"  totals: {c.get('repairs', 0)} repairs, {c.get('rules_restored', 0)} rules and "
                  f"{c.get('routes_restored', 0)} routes restored, {c.get('skipped_dead', 0)} skipped by the gate, "
                  f"{c.get('rollbacks', 0)} rollbacks, {c.get('rejected_signals', 0)} rejected bus signals; "
-                 f"outage {float(doc.get('outage_seconds', 0.0)):.3f}s")
+                 f"outage {number(doc.get('outage_seconds')):.3f}s")
     if forgotten.get("total"):
         by = ", ".join(f"port {p.get('port')} ({p.get('process') or '?'}): {p.get('count')}"
-                       for p in forgotten.get("by_port", [])[:4])
+                       for p in items(forgotten.get("by_port"))[:4] if isinstance(p, Mapping))
         lines.append(f"  forgot: {forgotten.get('total')} entries deleted by others, never replayed "
                      f"({forgotten.get('generation', 0)} in this networkd generation, "
                      f"{forgotten.get('while_busy', 0)} while networkd was busy); by {by}")
     if doubt:
         lines.append(f"   DOUBT: {doubt}")
-    if doc.get("set_aside"):
+    if items(doc.get("set_aside")):
         lines.append("set aside (the kernel refused them; retried after networkd's next restart or reconfigure):")
-        lines += [f"    {e}" for e in doc["set_aside"]]
+        lines += [f"    {e}" for e in items(doc.get("set_aside"))]
     if not running:
         lines.append("hint: systemctl status netd-hook; journalctl -u netd-hook -n 50")
     elif missing:
