@@ -73,6 +73,13 @@ def render(doc: Mapping[str, Any]) -> str:
     lines += _family("forgotten_doubt", "gauge",
                      "1 when so many entries were forgotten while networkd was busy that netd-hook cannot vouch "
                      "for the node", {"": int(bool(forgotten.get("doubt")))})
+    lines += _family("degraded", "gauge", "1 while a state or runtime file cannot be written (protecting from memory)",
+                     {"": int(bool(doc.get("degraded")))})
+    lines += _family("unattributed_entries", "gauge",
+                     "entries missing after a monitor overrun, held back (who deleted them is unknown)",
+                     {"": len(doc.get("unattributed") or []) if isinstance(doc.get("unattributed"), list) else 0})
+    lines += _family("stuck_links", "gauge", "managed links busy for longer than stuck_ms (holding back no repair)",
+                     {"": len(nd.get("stuck") or {}) if isinstance(nd.get("stuck"), dict) else 0})
     lines += _family("outage_seconds_total", "counter",
                      "seconds during which protected entries were missing (the node's actual outage)",
                      {"": number(doc.get("outage_seconds"))})

@@ -42,6 +42,7 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
     missing = count(doc.get("missing"))
     forgotten = section(doc, "forgotten")
     doubt = forgotten.get("doubt")
+    degraded = section(doc, "degraded")
     if not running:
         head = "inactive (not running)"
     elif missing:
@@ -50,6 +51,8 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
         head = "active, but NOT VOUCHED WHOLE (entries forgotten in bulk while networkd was busy)"
     else:
         head = "active, protecting"
+    if running and degraded:
+        head += ", DEGRADED (protecting from memory)"
     lines = [f"netd-hook: {head}"]
     if running:
         lines.append(f"     pid: {doc.get('pid')}, since {_when(doc.get('started_at', 0))} "
@@ -71,6 +74,10 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
         unmanaged = len(links) - len(managed)
         lines.append("   links: " + ", ".join(managed or ["none managed"])
                      + (f"; {unmanaged} unmanaged (pod veths, lo)" if unmanaged else ""))
+    stuck = section(nd, "stuck")
+    if stuck:
+        lines.append("   stuck: " + ", ".join(f"{name} busy for {age(number(secs))}" for name, secs in stuck.items())
+                     + " (holding back no repair; checked again when it settles)")
     lines.append(f"protects: {prot.get('rules', 0)} rules, {prot.get('routes', 0)} routes; missing now: {missing}"
                  + (f" (+{doc.get('held_back')} held back by the liveness gate)" if doc.get("held_back") else ""))
     last = section(doc, "last_repair")
@@ -93,6 +100,12 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
                      f"{forgotten.get('while_busy', 0)} while networkd was busy); by {by}")
     if doubt:
         lines.append(f"   DOUBT: {doubt}")
+    if degraded:
+        lines.append(f"DEGRADED since {_when(number(degraded.get('since')))}: {degraded.get('reason')}")
+    if items(doc.get("unattributed")):
+        lines.append("held back after a netlink monitor overrun (who deleted them is unknown; "
+                     "`netd-hook replay` puts them back):")
+        lines += [f"    {e}" for e in items(doc.get("unattributed"))]
     if items(doc.get("set_aside")):
         lines.append("set aside (the kernel refused them; retried after networkd's next restart or reconfigure):")
         lines += [f"    {e}" for e in items(doc.get("set_aside"))]
