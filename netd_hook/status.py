@@ -54,7 +54,14 @@ class DaemonLock:
             _refuse_odd(self.path, os.stat(self.path).st_mode)  # before open(2): a FIFO's would block
         except FileNotFoundError:
             pass  # created below
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
+        flags = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        except OSError as exc:
+            try:  # a read-only runtime directory: an existing lock file still takes a flock read-only
+                self._fd = os.open(self.path, os.O_RDONLY | flags)
+            except OSError:
+                raise LockUnusable(f"{self.path}: cannot create the daemon lock: {exc.strerror or exc}") from None
         try:
             _refuse_odd(self.path, os.fstat(self._fd).st_mode)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,8 +73,11 @@ class DaemonLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise AlreadyRunning(f"another netd-hook daemon holds {self.path}") from None
             raise
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        try:  # the pid is for people reading the file; the flock is what counts
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # opened read-only (a read-only runtime directory)
 
     def close(self) -> None:
         if self._fd >= 0:

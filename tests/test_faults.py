@@ -482,3 +482,41 @@ def test_temporary_files_of_a_daemon_killed_while_saving_are_removed_at_start(no
         assert d.stop() == 0
     finally:
         d.close()
+
+
+_RO_LOCK = """
+import sys
+from pathlib import Path
+from netd_hook import status
+lock = status.DaemonLock(Path(sys.argv[1]))
+print("locked", status.running(Path(sys.argv[1])))
+lock.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a read-only bind mount in a private mount namespace)")
+@pytest.mark.parametrize("lock_exists", [False, True])
+def test_a_read_only_runtime_directory_at_start(tmp_path: Path, lock_exists: bool) -> None:
+    """No lock file and a read-only runtime directory: one line naming it, exit 1, no traceback.
+    With the lock file there already (left by an earlier run), the lock still works read-only."""
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    if lock_exists:
+        (rundir / "daemon.lock").touch()
+    root = Path(__file__).resolve().parent.parent
+    ro = f"mount --bind {rundir} {rundir} && mount -o remount,bind,ro {rundir} && exec \"$@\""
+    if lock_exists:
+        argv = ["python3", "-c", _RO_LOCK, str(rundir)]
+    else:
+        argv = ["python3", "-m", "netd_hook", "run", "--runtime-dir", str(rundir), "--state-dir",
+                str(tmp_path / "state")]
+    import sys
+    argv[0] = sys.executable
+    r = subprocess.run(["unshare", "-m", "sh", "-c", ro, "sh", *argv], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert "Traceback" not in r.stderr, r.stderr
+    if lock_exists:
+        assert r.returncode == 0 and r.stdout.strip() == "locked True", (r.stdout, r.stderr)
+    else:
+        assert r.returncode == 1, r.stderr
+        assert f"{rundir}/daemon.lock: cannot create the daemon lock: Read-only file system" in r.stderr
