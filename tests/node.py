@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.lab import SETTLED_STATES, host_veth_name, pod_ips, wait_until
+from tests.lab import NETWORKD_249_BUILD, SETTLED_STATES, host_veth_name, pod_ips, wait_until
 
 __all__ = [
     "CACHE", "SUITES", "Eni", "Node", "NodeError", "NodeCommandError", "Observer", "build_deb",
@@ -169,13 +169,14 @@ def ensure_root(suite: str, *, timings: dict[str, float] | None = None) -> Path:
 
 def ensure_networkd249(*, timings: dict[str, float] | None = None) -> Path:
     """networkd 249's build tree (``$NETD_HOOK_CACHE/networkd-249``), built when missing with
-    /work/shared/networkd-249/build.sh (about a minute). Returns OUTDIR (``bin/``, ``src/build``)."""
+    ``<repo>/../shared/networkd-249/build.sh`` (about a minute; CI lays shared/ beside the clone).
+    Returns OUTDIR (``bin/``, ``src/build``)."""
     out = cache_dir() / "networkd-249"
     build = out / "src/build"
     wanted = [build / "systemd-networkd", build / "networkctl", build / "src/shared/libsystemd-shared-249.so"]
     if all(p.exists() for p in wanted):
         return out
-    script = Path(os.environ.get("NETD_HOOK_NETWORKD249_BUILD", "/work/shared/networkd-249/build.sh"))
+    script = Path(os.environ.get("NETD_HOOK_NETWORKD249_BUILD", NETWORKD_249_BUILD))
     with _locked(cache_dir() / "networkd-249.lock"):
         if not all(p.exists() for p in wanted):
             t0 = time.monotonic()
