@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -385,24 +385,23 @@ class Service:
         """
         lost: dict[str, int] = {}
         rest: deque[Any] = deque()
-        for ev in self.batch:
-            if isinstance(ev, Change):
-                self._apply(ev, lost)
-                if isinstance(ev.item, Link) and not ev.new:
-                    rest.append(decide.LinkRemoved(ev.item.index))
-            else:
-                rest.append(ev)
+        self._absorb(self.batch, lost, rest.append)
         self.batch = rest
-        for ev in _flatten(self._pending()):
-            if isinstance(ev, Change):
-                self._apply(ev, lost)  # what they lost is in the plan about to be made
-                if isinstance(ev.item, Link) and not ev.new:
-                    self.backlog.append(decide.LinkRemoved(ev.item.index))
-            else:
-                self.backlog.append(ev)
+        self._absorb(_flatten(self._pending()), lost, self.backlog.append)
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
         self._log_forgets()
+
+    def _absorb(self, events: Iterable[Any], lost: dict[str, int], keep: Callable[[Any], None]) -> None:
+        """Apply the netlink changes among `events` (what they lost is in the plan about to be
+        made); `keep` the rest, in order, a link's removal as the LinkRemoved the loop steps."""
+        for ev in events:
+            if isinstance(ev, Change):
+                self._apply(ev, lost)
+                if isinstance(ev.item, Link) and not ev.new:
+                    keep(decide.LinkRemoved(ev.item.index))
+            else:
+                keep(ev)
 
     def _check_networkd_socket(self) -> bool:
         """True (and remembered) when a socket systemd passed us is gone; logs it once."""
