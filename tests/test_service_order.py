@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from netd_hook import config as configmod
 from netd_hook import decide, netlink
@@ -41,6 +42,15 @@ class RecordingWriter:
     async def send(self, messages: Sequence[bytes], timeout: float) -> BatchResult:
         self.sent.append(len(messages))
         return BatchResult(acked=list(range(len(messages))))
+
+
+@pytest.fixture
+def kept() -> Iterator[list[Any]]:
+    """The sockets a test's service opened: closed after it, whatever happened."""
+    socks: list[Any] = []
+    yield socks
+    for s in socks:
+        s.close()
 
 
 def _service(tmp: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Tracker]:
@@ -81,35 +91,27 @@ def _kernel_without(svc: Service, gone: set[Any]) -> None:
     svc._resync = resync  # type: ignore[method-assign]
 
 
-def test_a_cni_deletion_read_after_the_configured_signal_is_still_never_replayed(tmp_path: Path) -> None:
-    kept: list[Any] = []
+def test_a_cni_deletion_read_after_the_configured_signal_is_still_never_replayed(
+        tmp_path: Path, kept: list[Any]) -> None:
     svc, writer, tracker = _service(tmp_path, kept)
     gone = set(pod_rules("10.1.1.6", 2))
     _kernel_without(svc, gone)
     batch = [decide.LinkChanged(OWNER, ETH1, "configured"), *(Change(False, r, CNI_PORT) for r in gone)]
-    try:
-        anyio.run(svc._handle, batch, 0.0)
-    finally:
-        for s in kept:
-            s.close()
+    anyio.run(svc._handle, batch, 0.0)
     assert not gone & tracker.rules  # forgotten: the CNI deleted them
     assert writer.sent == []  # and nothing was replayed, not even for a moment
     assert svc.counters.forgotten_deliberate == 2
 
 
-def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_view_is_whole(tmp_path: Path) -> None:
-    kept: list[Any] = []
+def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_view_is_whole(
+        tmp_path: Path, kept: list[Any]) -> None:
     svc, writer, tracker = _service(tmp_path, kept)
     gone = set(pod_rules("10.1.1.6", 2))
     _kernel_without(svc, gone)
     batch = [decide.LinkChanged(OWNER, ETH1, "configured"), *(Change(False, r, NETWORKD_PORT) for r in gone)]
-    try:
-        anyio.run(svc._handle, batch, 0.0)
-        # the replay's echoes (our own port) as the monitor would read them next
-        anyio.run(svc._handle, [Change(True, r, 777) for r in gone], 0.0)
-    finally:
-        for s in kept:
-            s.close()
+    anyio.run(svc._handle, batch, 0.0)
+    # the replay's echoes (our own port) as the monitor would read them next
+    anyio.run(svc._handle, [Change(True, r, 777) for r in gone], 0.0)
     assert writer.sent == [2]  # one batch, with both rules
     assert gone <= tracker.rules and gone <= tracker.present_rules
     assert len(plan(tracker.snapshot(), tracker.present_rules, tracker.present_routes,
@@ -121,36 +123,27 @@ def _settled(svc: Service) -> None:
     svc.state = decide.State(owner=OWNER, listed=True, links={ETH1: "configured"})
 
 
-def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_guessed(tmp_path: Path) -> None:
+def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_guessed(
+        tmp_path: Path, kept: list[Any]) -> None:
     """Issue 10, finding 7: notifications were lost (ENOBUFS); an operator deleted the 1024 rule
     in that gap, networkd did nothing. The re-dump shows it missing, but who deleted it cannot be
     told: it is held back (and shown), not replayed."""
-    kept: list[Any] = []
     svc, writer, tracker = _service(tmp_path, kept)
     _settled(svc)
     node_rule = NODE_RULES[1]  # pref 1024 fwmark 0x80/0x80 lookup main
     tracker.load(_dump([*tracker.rules, node_rule]))
     _kernel_without(svc, {node_rule})
-    try:
-        anyio.run(svc._handle, [None], 0.0)  # None: the monitor overran
-    finally:
-        for s in kept:
-            s.close()
+    anyio.run(svc._handle, [None], 0.0)  # None: the monitor overran
     assert writer.sent == []
     assert node_rule in svc.unattributed and node_rule in tracker.rules  # held, not forgotten
     assert svc.counters.monitor_overruns == 1
     assert svc._status_doc(0.0, 0, 0)["unattributed"] == [node_rule.describe()]
 
 
-def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tmp_path: Path) -> None:
-    kept: list[Any] = []
+def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tmp_path: Path, kept: list[Any]) -> None:
     svc, writer, tracker = _service(tmp_path, kept)  # eth1 configuring: networkd is at work
     node_rule = NODE_RULES[1]
     tracker.load(_dump([*tracker.rules, node_rule]))
     _kernel_without(svc, {node_rule})
-    try:
-        anyio.run(svc._handle, [None, decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    finally:
-        for s in kept:
-            s.close()
+    anyio.run(svc._handle, [None, decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
     assert writer.sent == [1] and not svc.unattributed
