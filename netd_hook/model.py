@@ -150,11 +150,6 @@ def read_regular(path: Path, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def canonical_prefix(value: str) -> str:
-    """'10.1.1.5' or '10.1.1.5/32' -> '10.1.1.5/32'; raises ValueError on garbage."""
-    return str(ipaddress.ip_network(value, strict=False))
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One policy rule (`ip rule`), as the kernel keys it."""
@@ -181,7 +176,7 @@ class Rule:
         """The single pod address this rule is keyed on (/32 or /128 src or dst), if any."""
         for prefix in (self.src, self.dst):
             if prefix is not None:
-                net = ipaddress.ip_network(prefix)
+                net = ipaddress.ip_network(prefix, strict=False)  # the kernel keeps host bits
                 if net.prefixlen == net.max_prefixlen:
                     return str(net.network_address)
         return None
@@ -295,7 +290,7 @@ def _address(value: Any, family: int) -> str:
     return ""
 
 
-def _prefix(value: Any, family: int) -> str:
+def _prefix_parts(value: Any, family: int) -> tuple[bytes, int] | str:
     af, name, bits = _af(family)
     if not isinstance(value, str):
         return f"not an {name} prefix"
@@ -304,10 +299,37 @@ def _prefix(value: Any, family: int) -> str:
     if (packed is None or not slash or not length.isascii() or not length.isdigit() or len(length) > 3
             or int(length) > bits or str(int(length)) != length):
         return f"not an {name} prefix"
-    network = ipaddress.IPv4Network if family == AF_INET else ipaddress.IPv6Network
-    net = network((packed, int(length)), strict=False)
+    return packed, int(length)
+
+
+def _forms(af: int, packed: bytes, length: int) -> tuple[str, str]:
     # the form netlink.decode produces (inet_ntop), or Python's: they differ for IPv4-mapped addresses
-    forms = (f"{socket.inet_ntop(af, net.network_address.packed)}/{length}", str(net))
+    return f"{socket.inet_ntop(af, packed)}/{length}", f"{ipaddress.ip_address(packed)}/{length}"
+
+
+def _prefix(value: Any, family: int) -> str:
+    """A route's destination: the kernel refuses host bits there, so the network form only."""
+    parts = _prefix_parts(value, family)
+    if isinstance(parts, str):
+        return parts
+    af, name, _ = _af(family)
+    network = ipaddress.IPv4Network if family == AF_INET else ipaddress.IPv6Network
+    net = network(parts, strict=False)
+    forms = _forms(af, net.network_address.packed, parts[1])
+    if value not in forms:
+        return f"not a canonical {name} prefix (that would be {forms[1]!r})"
+    return ""
+
+
+def _rule_prefix(value: Any, family: int) -> str:
+    """A rule's from/to: the kernel keeps the address as given (`from 10.1.1.5/24` is its own
+    rule, distinct from `from 10.1.1.0/24`), so host bits are part of the key; the address is
+    still in its canonical spelling."""
+    parts = _prefix_parts(value, family)
+    if isinstance(parts, str):
+        return parts
+    af, name, _ = _af(family)
+    forms = _forms(af, *parts)
     if value not in forms:
         return f"not a canonical {name} prefix (that would be {forms[1]!r})"
     return ""
@@ -328,7 +350,7 @@ _U8, _U32 = _uint(U8), _uint(U32)
 # In dataclass field order; "family" first, as the prefixes and addresses are checked against it.
 RULE_FIELDS: dict[str, _Check] = {
     "family": _family, "priority": _U32, "table": _U32, "action": _U8,
-    "src": _optional(_prefix), "dst": _optional(_prefix), "fwmark": _optional(_U32), "fwmask": _optional(_U32),
+    "src": _optional(_rule_prefix), "dst": _optional(_rule_prefix), "fwmark": _optional(_U32), "fwmask": _optional(_U32),
     "iifname": _optional(_ifname), "oifname": _optional(_ifname), "tos": _U8, "flags": _U32,
     "goto": _optional(_U32), "suppress_prefixlen": _optional(_U32), "suppress_ifgroup": _optional(_U32),
     "l3mdev": _optional(_U8), "protocol": _U8,

@@ -12,7 +12,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from netd_hook import store
 from netd_hook.journal import Notifier
-from netd_hook.model import AF_INET6, Route, Rule, Snapshot
+from netd_hook.model import AF_INET, AF_INET6, FormatError, Route, Rule, Snapshot, snapshot_from_json, snapshot_to_json
 from netd_hook.netlink import (
     ADD_FLAGS,
     RTM_DELRULE,
@@ -31,10 +31,15 @@ from netd_hook.plan import Plan
 from netd_hook.replay import execute
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
+# The kernel keeps a rule's address as given: `ip rule add from 10.1.1.5/24` lists as such and is
+# a rule of its own (not `from 10.1.1.0/24`); routes refuse host bits.
+HOST_BITS_RULES = [Rule(AF_INET, 1000, 5, src="10.1.1.5/24"), Rule(AF_INET6, 1000, 5, dst="2001:db8::5/64")]
+
 # -- codec: our requests decode (with pyroute2, independently of our decoder) to what we meant --
 
 RULES = [*NODE_RULES, *pod_rules("10.1.1.5", 2), Rule(AF_INET6, 1536, 70000, src="2001:db8::5/128"),
-         Rule(10, 20, 255, flags=2, iifname="vlan.eth.1", oifname="eth1", suppress_prefixlen=0, protocol=3)]
+         Rule(10, 20, 255, flags=2, iifname="vlan.eth.1", oifname="eth1", suppress_prefixlen=0, protocol=3),
+         *HOST_BITS_RULES]
 ROUTES = [*eni_routes(1), Route(AF_INET6, 3, "::/0", oif="eth1", gateway="fe80:ec2::1", priority=1024)]
 
 
@@ -242,3 +247,34 @@ def test_repair_record_line_and_journal_fields_come_from_the_same_data():
                           "skipped_dead=0 skipped_other=0 set_aside=0 rollbacks=0 batches=1 duration_ms=0.7 "
                           "networkd_owner=:1.1")
     assert rec.fields()["NETD_HOOK_RULES_RESTORED"] == "13" and rec.fields()["NETD_HOOK_DURATION_MS"] == "0.7"
+
+
+def test_rules_whose_prefix_keeps_host_bits_are_saved_and_loaded_as_the_kernel_keys_them(tmp_path: Path):
+    """Such a rule used to make the saved snapshot unloadable (set aside at the next start, so
+    a restart while rules were missing lost them) and crashed the pod-address lookup."""
+    snap = Snapshot(rules=frozenset([*HOST_BITS_RULES, *pod_rules("10.1.1.5", 2)]), routes=frozenset(eni_routes(1)))
+    store.save(tmp_path, snap)
+    loaded = store.load(tmp_path)
+    assert loaded.snapshot == snap, loaded
+    assert [r.host_address() for r in HOST_BITS_RULES] == [None, None]
+    assert Rule(AF_INET, 1536, 2, src="10.1.1.5/32").host_address() == "10.1.1.5"
+
+
+@pytest.mark.parametrize("value, why", [
+    ("10.1.1.05/24", "not an IPv4 prefix"), ("10.1.1.5/33", "not an IPv4 prefix"),
+    ("2001:DB8::5/64", "not a canonical IPv6 prefix (that would be '2001:db8::5/64')"),
+])
+def test_a_rule_prefix_is_still_checked(value: str, why: str):
+    doc = snapshot_to_json(Snapshot(rules=frozenset([HOST_BITS_RULES[0]]), routes=frozenset()))
+    doc["rules"][0]["src"] = value
+    doc["rules"][0]["family"] = AF_INET if "." in value else AF_INET6
+    with pytest.raises(FormatError) as err:
+        snapshot_from_json(doc)
+    assert why in str(err.value)
+
+
+def test_a_route_with_host_bits_is_refused_as_the_kernel_refuses_it():
+    doc = snapshot_to_json(Snapshot(rules=frozenset(), routes=frozenset(eni_routes(1))))
+    doc["routes"][0]["dst"] = "10.0.1.1/24"
+    with pytest.raises(FormatError, match=r"not a canonical IPv4 prefix \(that would be '10.0.1.0/24'\)"):
+        snapshot_from_json(doc)
