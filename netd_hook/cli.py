@@ -217,6 +217,7 @@ def _snapshot(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 def _diff(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
     chk = ops.check_now(ops.read_snapshot(cfg.state_dir), cfg.scope)
+    chk = ops.with_daemon_view(chk, runtime_dir)  # what the daemon holds back after a monitor overrun
     if args.json:
         _json(render.diff_json(chk))
     else:

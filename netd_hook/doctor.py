@@ -57,7 +57,7 @@ from typing import Any
 
 from . import status as statusmod
 from .model import file_kind, read_regular
-from .render import age
+from .render import age, when
 from .store import SNAPSHOT_FILE
 
 FORMAT = "netd-hook/doctor"
@@ -890,6 +890,8 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                                    "liveness gate holds them back or the kernel rejects them.",
                                    "netd-hook diff\njournalctl -u netd-hook -n 50 --no-pager"))
             out.extend(_forgotten_findings(status.get("forgotten")))
+            out.extend(_stuck_findings(status, now))
+            out.extend(_degraded_findings(status.get("degraded"), now))
             if unit.networkd_socket_enabled and status.get("networkd_sockets") == []:
                 out.append(Finding("netd-hook.networkd-socket", Severity.CRITICAL,
                                    "networkd is socket-activated, but netd-hook was not given its socket: "
@@ -934,6 +936,50 @@ def _forgotten_findings(forgotten: object) -> list[Finding]:
                         f"{total} entries deleted by others (the CNI) were forgotten, none in bulk while "
                         f"networkd was busy")]
     return []
+
+
+def _stuck_findings(status: Mapping[str, Any], now: float) -> list[Finding]:
+    """Managed links busy for longer than [replay] stuck_ms (status.json `networkd.stuck`: link
+    name -> seconds busy when the status was published), each named with since when."""
+    nd = statusmod.section(status, "networkd")
+    stuck = statusmod.section(nd, "stuck")
+    if not stuck:
+        return []
+    states = statusmod.section(nd, "links")
+    published = statusmod.timestamp(status.get("updated_at")) or now
+    named = []
+    for name, secs in stuck.items():
+        since = published - statusmod.number(secs)
+        state = states.get(name)
+        named.append(f"{name}{f' ({state})' if isinstance(state, str) else ''} busy since {when(since)} "
+                     f"({age(now - since)})")
+    return [Finding("netd-hook.stuck", Severity.WARNING,
+                    f"networkd link{'s' if len(stuck) != 1 else ''} stuck: {', '.join(named)}",
+                    "Busy for longer than [replay] stuck_ms: no carrier, a DHCP server that never answers, a link "
+                    "udev never initialized. netd-hook no longer waits for such a link to repair what networkd's "
+                    "other links deleted, and checks the kernel again when it settles (networkd 249 wipes once "
+                    "more when a link gains its carrier).",
+                    f"networkctl status {' '.join(stuck)}\njournalctl -u systemd-networkd -n 50 --no-pager")]
+
+
+def _degraded_findings(degraded: object, now: float) -> list[Finding]:
+    """status.json `degraded` (since, reason): writes failing, the daemon protecting from memory."""
+    if not isinstance(degraded, Mapping) or not degraded:
+        return []
+    since = statusmod.timestamp(degraded.get("since"))
+    reason = degraded.get("reason")
+    why = reason if isinstance(reason, str) and reason else "a state or runtime file cannot be written"
+    spell = f" since {when(since)} ({age(now - since)})" if since is not None else ""
+    dirs = sorted({os.path.dirname(w["path"]) for w in statusmod.items(degraded.get("writes"))
+                   if isinstance(w, Mapping) and isinstance(w.get("path"), str) and w["path"].startswith("/")})
+    look = (f"df -h {' '.join(dirs)}   # full?\n" if dirs else "") + "".join(
+        f"findmnt -T {d}   # mounted read-only?\n" for d in dirs)
+    return [Finding("netd-hook.degraded", Severity.WARNING, f"netd-hook is degraded{spell}: {why}",
+                    "A full or read-only directory (state, runtime or metrics). netd-hook keeps protecting from "
+                    "memory and retries (backing off from 1 s to 60 s) until the write works again; meanwhile a "
+                    "restarted netd-hook starts from an older snapshot, and `status`, `wait` and the metrics may "
+                    "read an older status.",
+                    look + "journalctl -u netd-hook -g degraded --no-pager")]
 
 
 # ---------------------------------------------------------------------------- output

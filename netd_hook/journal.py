@@ -492,7 +492,10 @@ def forgotten_bulk_audit(doubt: str, while_busy: int, generation: int,
                          ports: Iterable[tuple[int, str | None]]) -> Audit:
     """Once per networkd generation: many protected entries deleted by others while networkd was
     busy, and forgotten (ledger in forgotten.py)."""
-    seen = sorted(set(ports))
+    names: dict[int, str | None] = {}
+    for port, name in ports:  # a port's process may be known for one deletion and not another
+        names[port] = names.get(port) or name
+    seen = sorted(names.items())
     items = [("forgotten", str(while_busy)), ("generation", str(generation)),
              ("ports", ",".join(str(p) for p, _ in seen)), ("processes", ",".join(n or "?" for _, n in seen))]
     return Audit(MESSAGE_ID_FORGOTTEN_BULK, WARNING, _line("forgotten-bulk", items) + f": {doubt}",

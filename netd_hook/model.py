@@ -350,7 +350,8 @@ _U8, _U32 = _uint(U8), _uint(U32)
 # In dataclass field order; "family" first, as the prefixes and addresses are checked against it.
 RULE_FIELDS: dict[str, _Check] = {
     "family": _family, "priority": _U32, "table": _U32, "action": _U8,
-    "src": _optional(_rule_prefix), "dst": _optional(_rule_prefix), "fwmark": _optional(_U32), "fwmask": _optional(_U32),
+    "src": _optional(_rule_prefix), "dst": _optional(_rule_prefix),
+    "fwmark": _optional(_U32), "fwmask": _optional(_U32),
     "iifname": _optional(_ifname), "oifname": _optional(_ifname), "tos": _U8, "flags": _U32,
     "goto": _optional(_U32), "suppress_prefixlen": _optional(_U32), "suppress_ifgroup": _optional(_U32),
     "l3mdev": _optional(_U8), "protocol": _U8,

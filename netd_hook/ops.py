@@ -13,10 +13,10 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import netlink
+from . import netlink, status
 from .model import FormatError, Route, Rule, Snapshot, load_snapshot_file
 from .plan import Plan, plan
 from .replay import Outcome, execute
@@ -73,6 +73,10 @@ class Check:
     protected_rules: int
     protected_routes: int
     managed: frozenset[str]
+    # What the running daemon holds back after a netlink monitor overrun (its status.json
+    # `unattributed`, as describe() gives them): still in the plan (`netd-hook replay` puts them
+    # back), but the daemon will not. Empty unless with_daemon_view() filled it in.
+    unattributed: frozenset[str] = frozenset()
 
 
 def check(snapshot: Snapshot, dump: netlink.Dump, scope: Scope, managed: frozenset[str]) -> Check:
@@ -84,6 +88,24 @@ def check_now(snapshot: Snapshot, scope: Scope, link_states: Mapping[str, str] |
     dump = dump_kernel()
     states = networkd_link_states() if link_states is None else link_states
     return check(snapshot, dump, scope, managed_links(dump, states))
+
+
+def daemon_unattributed(runtime_dir: Path) -> frozenset[str]:
+    """The entries the running daemon holds back after a netlink monitor overrun (status.json
+    `unattributed`, at most 50). Empty when it is not running (it holds nothing back then: it
+    replays the snapshot when it starts) or its status cannot be read."""
+    try:
+        pr = status.probe(runtime_dir)
+    except OSError:  # PermissionError on the lock: diff still works, without the daemon's view
+        return frozenset()
+    if not pr.running or pr.status is None:
+        return frozenset()
+    return frozenset(e for e in status.items(pr.status.get("unattributed")) if isinstance(e, str))
+
+
+def with_daemon_view(chk: Check, runtime_dir: Path) -> Check:
+    """`chk` marking what the daemon in `runtime_dir` holds back after a monitor overrun."""
+    return replace(chk, unattributed=daemon_unattributed(runtime_dir))
 
 
 def _tracker(snapshot: Snapshot, dump: netlink.Dump, scope: Scope) -> Tracker:

@@ -29,8 +29,22 @@ def _ago(then: Any, now: float) -> str:
     return f"{age(now - t)} ago" if t else "never"
 
 
-def _when(t: Any) -> str:
+def when(t: Any) -> str:
+    """A wall-clock time as people read it, in local time: 2026-12-01 09:11:24 UTC."""
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp(t) or 0))
+
+
+# What the daemon holds back after a netlink monitor overrun (status.json `unattributed`), as
+# `status` and `diff` say it: why it does not put them back, and the command that does.
+OVERRUN_HELD = "held back after a netlink monitor overrun"
+OVERRUN_WHY = "who deleted them is unknown"
+REPLAY_BY_HAND = "netd-hook replay"
+
+
+def unattributed_heading(n: int | None = None) -> str:
+    """The line above the list of entries held back after a monitor overrun (`n`: how many)."""
+    counted = f"{n}; " if n is not None else ""
+    return f"{OVERRUN_HELD} ({counted}{OVERRUN_WHY}; `{REPLAY_BY_HAND}` puts them back):"
 
 
 def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
@@ -55,7 +69,7 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
         head += ", DEGRADED (protecting from memory)"
     lines = [f"netd-hook: {head}"]
     if running:
-        lines.append(f"     pid: {doc.get('pid')}, since {_when(doc.get('started_at', 0))} "
+        lines.append(f"     pid: {doc.get('pid')}, since {when(doc.get('started_at', 0))} "
                      f"({_ago(doc.get('started_at'), now)}); status updated {_ago(doc.get('updated_at'), now)}")
     else:
         lines.append(f"    last: status written {_ago(doc.get('updated_at'), now)} by pid {doc.get('pid')}")
@@ -82,7 +96,7 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
                  + (f" (+{doc.get('held_back')} held back by the liveness gate)" if doc.get("held_back") else ""))
     last = section(doc, "last_repair")
     if last:
-        lines.append(f"  repair: {_ago(last.get('at'), now)} ({_when(last.get('at', 0))}), "
+        lines.append(f"  repair: {_ago(last.get('at'), now)} ({when(last.get('at', 0))}), "
                      f"trigger {last.get('trigger')}: "
                      f"+{last.get('rules_restored')} rules, +{last.get('routes_restored')} routes, "
                      f"{last.get('skipped_dead')} skipped (dead), {number(last.get('duration_ms')):.1f} ms")
@@ -101,10 +115,9 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
     if doubt:
         lines.append(f"   DOUBT: {doubt}")
     if degraded:
-        lines.append(f"DEGRADED since {_when(number(degraded.get('since')))}: {degraded.get('reason')}")
+        lines.append(f"DEGRADED since {when(number(degraded.get('since')))}: {degraded.get('reason')}")
     if items(doc.get("unattributed")):
-        lines.append("held back after a netlink monitor overrun (who deleted them is unknown; "
-                     "`netd-hook replay` puts them back):")
+        lines.append(unattributed_heading())
         lines += [f"    {e}" for e in items(doc.get("unattributed"))]
     if items(doc.get("set_aside")):
         lines.append("set aside (the kernel refused them; retried after networkd's next restart or reconfigure):")
@@ -154,11 +167,24 @@ def _kind(e: Rule | Route) -> str:
     return "rule" if isinstance(e, Rule) else "route"
 
 
+def _split(chk: Check) -> tuple[list[Rule | Route], list[Rule | Route]]:
+    """The plan's entries: (what the daemon would restore, what it holds back after a monitor
+    overrun). What the daemon lists but the kernel has again, or the gate holds back, is neither."""
+    restore: list[Rule | Route] = []
+    held: list[Rule | Route] = []
+    for e in _entries(chk.plan):
+        (held if e.describe() in chk.unattributed else restore).append(e)
+    return restore, held
+
+
 def diff_json(chk: Check) -> dict[str, Any]:
     p = chk.plan
+    restore, held = _split(chk)
     return {
         "protected": {"rules": chk.protected_rules, "routes": chk.protected_routes},
-        "missing": [{"kind": _kind(e), "entry": e.describe()} for e in _entries(p)],
+        "missing": [{"kind": _kind(e), "entry": e.describe()} for e in restore],
+        "unattributed": [{"kind": _kind(e), "entry": e.describe(), "reason": f"{OVERRUN_HELD}: {OVERRUN_WHY}"}
+                         for e in held],
         "held_back": [{"kind": _kind(s.entry), "entry": s.entry.describe(), "reason": s.reason, "dead": s.dead}
                       for s in p.skipped],
         "managed_links": sorted(chk.managed),
@@ -171,9 +197,13 @@ def diff_text(chk: Check) -> str:
     if not len(p) and not p.skipped:
         lines.append("nothing missing: the kernel has every protected entry")
         return "\n".join(lines)
-    if len(p):
-        lines.append(f"missing, would be restored ({len(p)}):")
-        lines += [f"  + {_kind(e):<5} {e.describe()}" for e in _entries(p)]
+    restore, held = _split(chk)
+    if restore:
+        lines.append(f"missing, would be restored ({len(restore)}):")
+        lines += [f"  + {_kind(e):<5} {e.describe()}" for e in restore]
+    if held:
+        lines.append("missing, " + unattributed_heading(len(held)))
+        lines += [f"  ? {_kind(e):<5} {e.describe()}" for e in held]
     if p.skipped:
         lines.append(f"missing, held back by the liveness gate ({len(p.skipped)}):")
         lines += [f"  - {_kind(s.entry):<5} {s.entry.describe()}: {s.reason}" for s in p.skipped]

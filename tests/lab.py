@@ -1033,6 +1033,22 @@ class Lab:
             # don't let a quick restart race with that.
             self._wait(lambda: self.name_owner() is None, 5, "org.freedesktop.network1 release")
 
+    def kill_networkd(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would (systemd then restarts it: the caller's
+        ``start_networkd``). The bus releases its name; the socket stays with the holder."""
+        p, self._networkd = self._networkd, None
+        if p is None:
+            raise LabError("networkd is not running")
+        p.kill()
+        p.wait(10)
+
+    def restart_dbus(self) -> None:
+        """Stop the system bus and start a new one (every connection is dropped; systemd's own
+        services do not get back on it by themselves)."""
+        if self._dbus is not None:
+            _stop_popen(self._dbus)
+        self._start_dbus()
+
     def restart_networkd(self, wait: bool = True, timeout: float = 15) -> None:
         """Stop and start networkd (``systemctl restart systemd-networkd``: the socket stays)."""
         self.stop_networkd()
@@ -1178,10 +1194,15 @@ class Lab:
             self.pods[p.ip] = p
 
     def del_pod(self, ip: str) -> None:
-        """Like CNI DEL: rules first, then the host route (and the veth if single-pod).
-        Rules already wiped by networkd are not an error."""
-        p = self.pods.pop(ip)
-        lines = self._pod_rule_lines(ip, p.eni, "del")
-        # A single-pod veth takes its host route along when deleted.
-        lines.append(f"link del {p.veth}" if p.single else f"route del {ip} dev {p.veth}")
+        self.del_pods([ip])
+
+    def del_pods(self, ips: list[str]) -> None:
+        """Like CNI DEL, in one ``ip -batch``: each pod's rules first, then its host route (and
+        the veth if single-pod). Rules already wiped by networkd are not an error."""
+        lines: list[str] = []
+        for ip in ips:
+            p = self.pods.pop(ip)
+            lines += self._pod_rule_lines(ip, p.eni, "del")
+            # A single-pod veth takes its host route along when deleted.
+            lines.append(f"link del {p.veth}" if p.single else f"route del {ip} dev {p.veth}")
         self.ip_batch(lines, force=True)

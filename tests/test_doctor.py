@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from netd_hook import doctor, status
+from netd_hook import doctor, render, status, store
 from netd_hook.doctor import Severity
 
 NOW = 1_700_000_000.0
@@ -513,6 +513,48 @@ def test_missing_entries_reported(tmp_path: Path) -> None:
                              NOW - 1, NOW)
     f = one(findings, "netd-hook.missing")
     assert (f.severity, f.summary) == (Severity.WARNING, "13 protected entries are missing from the kernel right now")
+
+
+def cured(root: Path) -> None:
+    """Installed, and networkd's wipe turned off: a calm daemon leaves nothing to warn about."""
+    installed(root)
+    put(root, f"{ETC_D}/80-netd-hook.conf", doctor.CURE_BODY)
+
+
+def test_a_stuck_link_is_a_warning_naming_it_and_since_when(tmp_path: Path) -> None:
+    cured(tmp_path)
+    calm = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status()), NOW - 30, NOW)
+    assert not by_check(calm, "netd-hook.stuck") and doctor.exit_code(calm) == 0
+    nd = {**fresh_status()["networkd"], "stuck": {"eth1": 42.0}}
+    nd["links"] = {**nd["links"], "eth1": "configuring"}
+    findings = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(networkd=nd)),
+                             NOW - 30, NOW)
+    f = one(findings, "netd-hook.stuck")
+    since = NOW - 12 - 42  # busy for 42 s when the status was published, 12 s ago
+    assert f.severity is Severity.WARNING
+    assert f.summary == f"networkd link stuck: eth1 (configuring) busy since {render.when(since)} (54s)"
+    assert "stuck_ms" in f.detail
+    assert f.fix == "networkctl status eth1\njournalctl -u systemd-networkd -n 50 --no-pager"
+    assert doctor.exit_code(findings) == 1
+
+
+def test_a_degraded_daemon_is_a_warning_naming_the_reason(tmp_path: Path) -> None:
+    cured(tmp_path)
+    full = OSError(28, "No space left on device")
+    spell = store.failed(None, "snapshot", "/var/lib/netd-hook/snapshot.json", full, 50.0, NOW - 300)
+    degraded = store.degraded_doc({"snapshot": spell}, 60.0, NOW - 12)  # as the daemon publishes it
+    findings = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(degraded=degraded)),
+                             NOW - 400, NOW)
+    f = one(findings, "netd-hook.degraded")
+    assert f.severity is Severity.WARNING
+    assert f.summary == (f"netd-hook is degraded since {render.when(NOW - 300)} (5m 0s): cannot save the snapshot to "
+                         "/var/lib/netd-hook/snapshot.json: No space left on device (ENOSPC)")
+    assert f.fix is not None
+    assert f.fix.startswith("df -h /var/lib/netd-hook   # full?\nfindmnt -T /var/lib/netd-hook   #")
+    assert doctor.exit_code(findings) == 1
+    calm = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(degraded=None)),
+                         NOW - 30, NOW)
+    assert not by_check(calm, "netd-hook.degraded")
 
 
 def test_not_running_with_an_old_status(tmp_path: Path) -> None:

@@ -593,3 +593,11 @@ def test_lab_journald_is_private_and_cleaned_up():
     assert lab.journald_pid is None
     assert host_mounts() == before
 
+
+
+def test_forgotten_bulk_names_each_port_once_whether_or_not_its_process_was_known_each_time():
+    """The fault drill crashed the daemon here: the same port seen once with its process name
+    and once without (the process had exited) could not be sorted."""
+    a = j.forgotten_bulk_audit("doubt", 30, 2, [(4497, None), (4497, "ip"), (1, "systemd-network"), (9, None)])
+    assert a.fields["NETD_HOOK_PORTS"] == "1,9,4497"
+    assert a.fields["NETD_HOOK_PROCESSES"] == "systemd-network,?,ip"

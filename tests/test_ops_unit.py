@@ -180,6 +180,40 @@ def test_check_plans_like_the_daemon_with_the_liveness_gate():
     assert "held back by the liveness gate (2)" in render.diff_text(chk)
 
 
+def test_diff_lists_what_the_daemon_held_back_after_an_overrun_apart_and_still_exits_1(tmp_path: Path):
+    """Entries the daemon holds back after a monitor overrun are missing like any other (they
+    stay in the plan, so `diff` exits 1 as for any entry a replay would restore) but are listed
+    apart, with why the daemon does not put them back and the command that does."""
+    rules = [*NODE_RULES[:2], *pod_rules("10.1.1.5", 2)]
+    snap = Snapshot(frozenset(rules), frozenset(eni_routes(1)))
+    dump = Dump(rules=[], routes=list(eni_routes(1)), host_routes=[HostRoute("10.1.1.5", "eni5")],
+                links=[Link(1, "eth1"), Link(2, "eni5")])
+    chk = ops.check(snap, dump, config.Config().scope, frozenset({"eth1"}))
+    fwmark = "pref 1024 from all fwmark 0x80/0x80 lookup 254"
+    back = eni_routes(1)[0].describe()  # the daemon still lists it, but the kernel has it again
+    lock = status.DaemonLock(tmp_path)
+    try:
+        status.publish(tmp_path, doc(unattributed=[fwmark, back]))
+        held = ops.with_daemon_view(chk, tmp_path)
+    finally:
+        lock.close()
+    assert held.unattributed == frozenset({fwmark, back})
+    assert ops.with_daemon_view(chk, tmp_path).unattributed == frozenset()  # stopped: it holds nothing back
+    assert len(held.plan) == len(chk.plan) == 4  # cli's exit code: 1, as without the daemon's view
+    text = render.diff_text(held)
+    assert "missing, would be restored (3):" in text and f"  + rule  {fwmark}" not in text
+    assert ("missing, held back after a netlink monitor overrun (1; who deleted them is unknown; "
+            "`netd-hook replay` puts them back):\n"
+            f"  ? rule  {fwmark}") in text
+    assert back not in text
+    j = render.diff_json(held)
+    assert fwmark not in [m["entry"] for m in j["missing"]] and len(j["missing"]) == 3
+    assert j["unattributed"] == [{"kind": "rule", "entry": fwmark,
+                                  "reason": "held back after a netlink monitor overrun: who deleted them is unknown"}]
+    # without the daemon's view (or with nothing held back) diff says what it always said
+    assert "overrun" not in render.diff_text(chk) and render.diff_json(chk)["unattributed"] == []
+
+
 def test_managed_links_come_from_networkd_state_files(tmp_path: Path):
     (tmp_path / "2").write_text("ADMIN_STATE=configured\nOPER_STATE=routable\n")
     (tmp_path / "7").write_text("ADMIN_STATE=unmanaged\n")

@@ -35,3 +35,11 @@ def test_metrics_carry_them_too():
     calm = metrics.render({**_doc(), "degraded": None, "unattributed": [],
                            "networkd": {**_doc()["networkd"], "stuck": {}}})
     assert "netd_hook_degraded 0" in calm and "netd_hook_stuck_links 0" in calm
+
+
+def test_status_and_diff_introduce_overrun_held_back_entries_with_the_same_words():
+    text = render.status_text(_doc(), True, NOW)
+    assert render.unattributed_heading() in text.splitlines()
+    assert render.unattributed_heading() == ("held back after a netlink monitor overrun (who deleted them is "
+                                             "unknown; `netd-hook replay` puts them back):")
+    assert render.unattributed_heading(2).startswith("held back after a netlink monitor overrun (2; who deleted")
