@@ -42,19 +42,6 @@ PODS = {0: 10, 1: 10, 2: 10}  # ENI index -> pods: 30 pods, 53 protected rules, 
 WIPE_TIMEOUT = 5.0      # networkd's wipe shows up in the kernel within this
 REPAIR_TIMEOUT = 10.0   # and netd-hook has put everything back within this (it takes milliseconds)
 
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package built from the working tree; NETD_HOOK_DEB=path uses a .deb built elsewhere."""
-    if MISSING:
-        pytest.fail(f"CI: booted nodes need {', '.join(MISSING)}")
-    if os.environ.get("NETD_HOOK_DEB"):
-        return Path(os.environ["NETD_HOOK_DEB"])
-    t0 = time.monotonic()
-    path = nodemod.build_deb(tmp_path_factory.mktemp("booted-deb"))
-    print(f"\nbuilt {path.name} in {time.monotonic() - t0:.1f}s")
-    return path
-
-
 @pytest.fixture(scope="module", params=list(NODES), ids=list(NODES))
 def node(request: pytest.FixtureRequest, deb: Path) -> Iterator[Node]:
     suite, networkd249, _ = NODES[request.param]
