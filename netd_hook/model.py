@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import reprlib
 import socket
 import stat
@@ -382,28 +383,49 @@ def _decode(cls: type[Rule] | type[Route], raw: Any, where: str) -> Any:
     return cls(**raw)
 
 
-def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """A snapshot as a file holds it: with the kernel boot id of the boot whose kernel it
+    describes (None in files written before netd-hook 0.3.0)."""
+
+    snapshot: Snapshot
+    boot_id: str | None = None
+
+
+# /proc/sys/kernel/random/boot_id: a random UUID, new at every boot (in lower case)
+BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def snapshot_to_json(snapshot: Snapshot, boot_id: str | None = None) -> dict[str, Any]:
     def compact(entry: Entry) -> dict[str, Any]:
         # Unset attributes are left out: the file stays readable and small at 10,000 rules.
         return {k: v for k, v in asdict(entry).items() if v is not None}
 
-    return {
+    doc: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
         "version": SNAPSHOT_VERSION,
         "rules": sorted((compact(r) for r in snapshot.rules), key=_sort_key),
         "routes": sorted((compact(r) for r in snapshot.routes), key=_sort_key),
     }
+    if boot_id is not None:
+        doc["boot_id"] = boot_id
+    return doc
 
 
 def _sort_key(d: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted((k, str(v)) for k, v in d.items()))
 
 
-_SNAPSHOT_KEYS = ("format", "version", "rules", "routes")
+_SNAPSHOT_KEYS = ("format", "version", "rules", "routes", "boot_id")
 
 
 def snapshot_from_json(doc: Any) -> Snapshot:
     """The snapshot in `doc` (parsed JSON); FormatError, naming field and value, if anything is wrong."""
+    return saved_from_json(doc).snapshot
+
+
+def saved_from_json(doc: Any) -> Saved:
+    """The snapshot in `doc` and the boot it was taken in; FormatError if anything is wrong."""
     if not isinstance(doc, dict):
         raise FormatError(f"snapshot is not a JSON object: {show(doc)}")
     if doc.get("format") != SNAPSHOT_FORMAT:
@@ -417,14 +439,22 @@ def snapshot_from_json(doc: Any) -> Snapshot:
     rules, routes = doc.get("rules"), doc.get("routes")
     if not isinstance(rules, list) or not isinstance(routes, list):
         raise FormatError(f"rules and routes must be lists, not {type(rules).__name__} and {type(routes).__name__}")
-    return Snapshot(
+    boot_id = doc.get("boot_id")
+    if boot_id is not None and not (isinstance(boot_id, str) and BOOT_ID.fullmatch(boot_id)):
+        raise FormatError(f"boot_id: bad value {show(boot_id)} (not a boot id)")
+    return Saved(Snapshot(
         rules=frozenset(_decode(Rule, r, f"rules[{i}]") for i, r in enumerate(rules)),
         routes=frozenset(_decode(Route, r, f"routes[{i}]") for i, r in enumerate(routes)),
-    )
+    ), boot_id)
 
 
 def decode_snapshot(raw: bytes) -> Snapshot:
-    """A snapshot file's bytes -> Snapshot. Raises FormatError and nothing else: not JSON, not
+    """A snapshot file's bytes -> Snapshot (see decode_saved)."""
+    return decode_saved(raw).snapshot
+
+
+def decode_saved(raw: bytes) -> Saved:
+    """A snapshot file's bytes -> Saved. Raises FormatError and nothing else: not JSON, not
     UTF-8, nested too deeply (RecursionError), too large to decode (MemoryError), or any field
     of the wrong type or out of range."""
     try:
@@ -435,11 +465,16 @@ def decode_snapshot(raw: bytes) -> Snapshot:
         raise FormatError("not a snapshot: too large to decode") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
         raise FormatError(f"not JSON: {exc}") from None
-    return snapshot_from_json(doc)
+    return saved_from_json(doc)
 
 
 def load_snapshot_file(path: Path) -> Snapshot:
+    """The snapshot in a file (see load_saved_file)."""
+    return load_saved_file(path).snapshot
+
+
+def load_saved_file(path: Path) -> Saved:
     """Read and decode a snapshot file, never blocking and reading at most SNAPSHOT_MAX_BYTES.
     Raises OSError (FileNotFoundError: there is none; anything else: it is unusable, the
     strerror says why) or FormatError (its content)."""
-    return decode_snapshot(read_regular(path, SNAPSHOT_MAX_BYTES))
+    return decode_saved(read_regular(path, SNAPSHOT_MAX_BYTES))

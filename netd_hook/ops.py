@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import netlink, status
-from .model import FormatError, Route, Rule, Snapshot, load_snapshot_file
+from . import netlink, status, store
+from .model import FormatError, Route, Rule, Snapshot, load_saved_file
 from .plan import Plan, plan
 from .replay import Outcome, execute
 from .scope import Scope
@@ -35,10 +35,13 @@ class OpsError(Exception):
     """A one-shot operation cannot proceed; the message says what to do next."""
 
 
-def read_snapshot(state_dir: Path) -> Snapshot:
+def read_snapshot(state_dir: Path, boot: store.Boot | None = None) -> Snapshot:
+    """The daemon's snapshot, if it describes this boot's kernel (never one of an earlier boot:
+    replaying it would bring back the rules of pods that are gone)."""
     path = state_dir / SNAPSHOT_FILE
     try:
-        return load_snapshot_file(path)  # bounded, never blocking (wait runs inside networkd's start)
+        saved = load_saved_file(path)  # bounded, never blocking (wait runs inside networkd's start)
+        why = store.earlier_boot(saved, path.stat().st_mtime, boot or store.Boot.current())
     except FileNotFoundError:
         raise OpsError(f"no snapshot at {path}: has the daemon ever run with --state-dir {state_dir}?") from None
     except OSError as exc:
@@ -46,6 +49,11 @@ def read_snapshot(state_dir: Path) -> Snapshot:
     except FormatError as exc:
         raise OpsError(f"{path} is corrupt ({exc}); the daemon moves it aside and rebuilds from the kernel "
                        "when it starts: `systemctl restart netd-hook`") from None
+    if why:
+        raise OpsError(f"{path} is of an earlier boot ({why}): it describes a kernel that is gone, so nothing "
+                       "in it is used; the daemon moves it aside and snapshots this boot's kernel when it "
+                       "starts: `systemctl restart netd-hook`")
+    return saved.snapshot
 
 
 def networkd_link_states(root: Path = NETIF_LINKS) -> dict[str, str]:

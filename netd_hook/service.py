@@ -98,6 +98,7 @@ class Service:
         self.config_path = config_path
         self.state_dir = cfg.state_dir
         self.runtime_dir = runtime_dir
+        self.boot = store.Boot.current()  # the snapshot says which boot's kernel it describes
         self.started_at = time.time()
         self.generation = 0  # networkd bus owners seen; a restart starts a new generation
         self.networkd_pid: int | None = None
@@ -175,15 +176,17 @@ class Service:
         self._remove_debris()
         self.replay_lock = self._open_replay_lock()
         try:
-            loaded = store.load(self.state_dir)
+            loaded = store.load(self.state_dir, boot=self.boot)
             if loaded.status == "loaded":
                 log.info("loaded snapshot: %d rules, %d routes",
                          len(loaded.snapshot.rules), len(loaded.snapshot.routes))
             self.tracker = Tracker(self.cfg.scope, loaded.snapshot)
             self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, dump_sock))
             if loaded.status != "loaded":
-                why = (f"snapshot file is corrupt ({loaded.detail}); rebuilt from the kernel"
-                       if loaded.status == "corrupt" else "no snapshot file (first start); built from the kernel")
+                why = {"corrupt": f"snapshot file is corrupt ({loaded.detail}); rebuilt from the kernel",
+                       "earlier-boot": f"the snapshot is of an earlier boot ({loaded.detail}): nothing in it is "
+                                       "replayed; built from the kernel"}.get(
+                    loaded.status, "no snapshot file (first start); built from the kernel")
                 self.audit.emit(snapshot_rebuilt_audit(
                     why, len(self.tracker.rules), self.tracker.protected_route_count(),
                     corrupt=loaded.status == "corrupt", moved_to=loaded.moved_to))
@@ -284,7 +287,7 @@ class Service:
                 self.save_at = None
                 version, snap = self.tracker.version, self.tracker.snapshot()  # on the loop: no races
                 try:
-                    await anyio.to_thread.run_sync(store.save, self.state_dir, snap)
+                    await anyio.to_thread.run_sync(store.save, self.state_dir, snap, self.boot.id)
                 except OSError as exc:  # full or read-only: keep protecting from memory, try again later
                     self.save_at = self._write_failed("snapshot", self.state_dir / store.SNAPSHOT_FILE, exc)
                 else:
@@ -644,7 +647,7 @@ class Service:
         is what protecting needs; the loop's save timer tries again with backoff."""
         version = self.tracker.version
         try:
-            store.save(self.state_dir, self.tracker.snapshot())
+            store.save(self.state_dir, self.tracker.snapshot(), self.boot.id)
         except OSError as exc:
             self.save_at = self._write_failed("snapshot", self.state_dir / store.SNAPSHOT_FILE, exc)
             return False
@@ -654,7 +657,7 @@ class Service:
     def _save_at_exit(self) -> None:
         version, path = self.tracker.version, self.state_dir / store.SNAPSHOT_FILE
         try:
-            store.save(self.state_dir, self.tracker.snapshot())
+            store.save(self.state_dir, self.tracker.snapshot(), self.boot.id)
         except OSError as exc:
             when = ("none written by this daemon" if self.saved_at is None
                     else f"the one from {time.strftime('%H:%M:%S UTC', time.gmtime(self.saved_at))} stays")

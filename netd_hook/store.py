@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model import FormatError, Snapshot, load_snapshot_file, snapshot_to_json
+from .model import BOOT_ID, FormatError, Saved, Snapshot, load_saved_file, snapshot_to_json
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "snapshot.json"
+EARLIER_BOOT_FILE = SNAPSHOT_FILE + ".earlier-boot"  # the last snapshot of another boot, kept for people
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 # A failed write is tried again after RETRY_FIRST seconds, then after twice as long each time, at
 # most RETRY_MAX apart: a full disk costs one attempt a minute, not one per change.
@@ -36,9 +38,46 @@ RETRY_MAX = 60.0
 @dataclass(frozen=True, slots=True)
 class Loaded:
     snapshot: Snapshot
-    status: str  # "loaded", "missing" or "corrupt"
+    status: str  # "loaded", "missing", "corrupt" or "earlier-boot"
     detail: str = ""
     moved_to: Path | None = None
+
+
+# Which boot a snapshot describes ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """This boot: the kernel's boot id (None if it cannot be read) and when it began (wall clock)."""
+
+    id: str | None
+    started_at: float
+
+    @classmethod
+    def current(cls, path: Path = BOOT_ID_FILE) -> Boot:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            text = ""
+        return cls(text if BOOT_ID.fullmatch(text) else None, _booted_at())
+
+
+def earlier_boot(saved: Saved, mtime: float, boot: Boot) -> str:
+    """Why `saved` (a file last written at `mtime`) describes another boot's kernel, or "".
+
+    A reboot empties the kernel's tables: replaying an earlier boot's snapshot would bring back
+    the rules of pods that no longer exist, with addresses the next pods may get. The boot id
+    decides; a file without one (written before 0.3.0), or a boot id that cannot be read, falls
+    back to whether the file was written after this boot began."""
+    if saved.boot_id is not None and boot.id is not None:
+        if saved.boot_id == boot.id:
+            return ""
+        return f"written in another boot (boot id {saved.boot_id}; this boot is {boot.id})"
+    if mtime >= boot.started_at:
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mtime))
+    began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(boot.started_at))
+    return f"written at {when}, before this boot began at {began}"
 
 
 # Writing ----------------------------------------------------------------------------------
@@ -78,10 +117,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def save(state_dir: Path, snapshot: Snapshot) -> Path:
+def save(state_dir: Path, snapshot: Snapshot, boot_id: str | None = None) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / SNAPSHOT_FILE
-    body = json.dumps(snapshot_to_json(snapshot), separators=(",", ":"), sort_keys=True).encode()
+    body = json.dumps(snapshot_to_json(snapshot, boot_id), separators=(",", ":"), sort_keys=True).encode()
     atomic_write(path, body + b"\n")
     return path
 
@@ -91,7 +130,7 @@ def _temp_name(name: str) -> re.Pattern[str]:
 
 
 def _booted_at() -> float:
-    """Wall-clock time of this boot, without /proc (the unit's ProcSubset=pid hides /proc/stat)."""
+    """Wall-clock time of this boot (CLOCK_BOOTTIME counts from it, suspend included)."""
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
@@ -209,18 +248,32 @@ def degraded_doc(failing: Mapping[str, Failing], now: float, wall: float) -> dic
 # Loading ----------------------------------------------------------------------------------
 
 
-def load(state_dir: Path, now: float | None = None) -> Loaded:
+def load(state_dir: Path, now: float | None = None, boot: Boot | None = None) -> Loaded:
+    """The snapshot to start from: what the file holds if it describes this boot's kernel.
+    A corrupt file is moved aside as `*.corrupt-<time>`, one of an earlier boot to
+    EARLIER_BOOT_FILE; either way the daemon starts from the kernel alone."""
     path = state_dir / SNAPSHOT_FILE
     try:
         # Never blocks (a FIFO), never reads without bound (/dev/zero), never lets a decoder's
         # RecursionError or MemoryError out: everything wrong with it is a FormatError or OSError.
-        return Loaded(load_snapshot_file(path), "loaded")
+        saved = load_saved_file(path)
+        mtime = path.stat().st_mtime
     except FileNotFoundError:
         return Loaded(Snapshot(), "missing")
     except OSError as exc:
         return _aside(path, f"unreadable: {exc.strerror or exc}", now)
     except FormatError as exc:
         return _aside(path, str(exc), now)
+    why = earlier_boot(saved, mtime, boot or Boot.current())
+    if not why:
+        return Loaded(saved.snapshot, "loaded")
+    target = path.with_name(EARLIER_BOOT_FILE)
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        log.error("snapshot %s is of an earlier boot (%s) and cannot be moved aside: %s", path, why, exc.strerror)
+        return Loaded(Snapshot(), "earlier-boot", why)
+    return Loaded(Snapshot(), "earlier-boot", why, target)
 
 
 def _aside(path: Path, why: str, now: float | None) -> Loaded:
