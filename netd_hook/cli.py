@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return _status(args, runtime_dir)
         if args.command == "snapshot":
-            return _snapshot(args, cfg)
+            return _snapshot(args, cfg, runtime_dir)
         if args.command == "diff":
             return _diff(args, cfg, runtime_dir)
         if args.command == "replay":
@@ -200,8 +200,8 @@ def _status(args: argparse.Namespace, runtime_dir: Path) -> int:
     return EXIT_PROBLEM if pr.status.get("missing") or doubt else EXIT_OK
 
 
-def _snapshot(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    snap = ops.read_snapshot(cfg.state_dir)
+def _snapshot(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
+    snap = ops.read_snapshot(cfg.state_dir, runtime_dir)
     try:
         dump = ops.dump_kernel()
         node = frozenset(a.addr for a in dump.local_addresses)
@@ -216,7 +216,7 @@ def _snapshot(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 
 def _diff(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
-    chk = ops.check_now(ops.read_snapshot(cfg.state_dir), cfg.scope)
+    chk = ops.check_now(ops.read_snapshot(cfg.state_dir, runtime_dir), cfg.scope)
     chk = ops.with_daemon_view(chk, runtime_dir)  # what the daemon holds back after a monitor overrun
     if args.json:
         _json(render.diff_json(chk))
@@ -229,7 +229,7 @@ def _replay(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) 
     r = cfg.replay
 
     async def go() -> ops.ReplayResult:
-        return await ops.replay(cfg.state_dir, cfg.scope, ops.networkd_link_states(), dry_run=args.dry_run,
+        return await ops.replay(cfg.state_dir, runtime_dir, cfg.scope, ops.networkd_link_states(), dry_run=args.dry_run,
                                 timeout=r.ack_timeout_ms / 1000, max_attempts=r.max_attempts,
                                 progress=_progress)
 
@@ -292,7 +292,7 @@ def _wait_inner(args: argparse.Namespace) -> int:
         if not pr.running:
             print("netd-hook wait: netd-hook is not running; not waiting", file=sys.stderr)
             return EXIT_OK
-        why, unchecked = _not_done(pr.status, want, state_dir, cfg)
+        why, unchecked = _not_done(pr.status, want, state_dir, runtime_dir, cfg)
         if not why:
             doc = pr.status or {}
             last = doc.get("last_repair") or {}
@@ -315,7 +315,7 @@ def _wait_inner(args: argparse.Namespace) -> int:
         time.sleep(0.05)
 
 
-def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path,
+def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path, runtime_dir: Path,
               cfg: configmod.Config) -> tuple[str, str]:
     """(why waiting goes on, "" when done; what could not be checked, "" when everything was).
     The daemon must have seen this networkd (its PID) settle with nothing pending, and then the
@@ -330,7 +330,7 @@ def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path,
     if not doc.get("complete"):
         return f"networkd settled: {nd.get('settled')}, missing: {doc.get('missing')}", ""
     try:
-        snap = ops.read_snapshot(state_dir)
+        snap = ops.read_snapshot(state_dir, runtime_dir)
     except ops.OpsError as exc:
         return "", f"cannot read the snapshot: {exc}"
     chk = ops.check_now(snap, cfg.scope)

@@ -385,14 +385,14 @@ def _decode(cls: type[Rule] | type[Route], raw: Any, where: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Saved:
-    """A snapshot as a file holds it: with the kernel boot id of the boot whose kernel it
-    describes (None in files written before netd-hook 0.3.0)."""
+    """A snapshot as a file holds it: with the id of the boot whose kernel it describes (None in
+    files written before netd-hook 0.3.0)."""
 
     snapshot: Snapshot
     boot_id: str | None = None
 
 
-# /proc/sys/kernel/random/boot_id: a random UUID, new at every boot (in lower case)
+# A boot's id (store.Boot): a random UUID in lower case, as uuid4() and the kernel's boot_id write it
 BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 

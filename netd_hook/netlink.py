@@ -522,7 +522,7 @@ def rtnetlink_sockets(fds: Sequence[int]) -> tuple[list[ListenedSocket], list[st
 
 def rtnetlink_ports(table: str) -> dict[int, int]:
     """Port -> socket inode of every NETLINK_ROUTE socket in /proc/self/net/netlink's text (the
-    network namespace's; readable by any user, under ProcSubset=pid too)."""
+    network namespace's; readable by any user, ProcSubset=pid included)."""
     out: dict[int, int] = {}
     for line in table.splitlines()[1:]:
         cols = line.split()

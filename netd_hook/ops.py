@@ -35,13 +35,13 @@ class OpsError(Exception):
     """A one-shot operation cannot proceed; the message says what to do next."""
 
 
-def read_snapshot(state_dir: Path, boot: store.Boot | None = None) -> Snapshot:
+def read_snapshot(state_dir: Path, runtime_dir: Path, boot: store.Boot | None = None) -> Snapshot:
     """The daemon's snapshot, if it describes this boot's kernel (never one of an earlier boot:
     replaying it would bring back the rules of pods that are gone)."""
     path = state_dir / SNAPSHOT_FILE
     try:
         saved = load_saved_file(path)  # bounded, never blocking (wait runs inside networkd's start)
-        why = store.earlier_boot(saved, path.stat().st_mtime, boot or store.Boot.current())
+        why = store.earlier_boot(saved, path.stat().st_mtime, boot or store.Boot.current(runtime_dir))
     except FileNotFoundError:
         raise OpsError(f"no snapshot at {path}: has the daemon ever run with --state-dir {state_dir}?") from None
     except OSError as exc:
@@ -170,9 +170,9 @@ class ReplayResult:
     duration_ms: float = 0.0
 
 
-async def replay(state_dir: Path, scope: Scope, states: Mapping[str, str], *, dry_run: bool,
+async def replay(state_dir: Path, runtime_dir: Path, scope: Scope, states: Mapping[str, str], *, dry_run: bool,
                  timeout: float, max_attempts: int, progress: Progress) -> ReplayResult:
-    snap = read_snapshot(state_dir)
+    snap = read_snapshot(state_dir, runtime_dir)
     progress(f"snapshot: {len(snap.rules)} rules, {len(snap.routes)} routes")
     with replay_lock(state_dir, progress):
         started = time.perf_counter()

@@ -13,7 +13,7 @@ requests go through one rtnetlink socket, which it gets one of two ways:
 - **networkd binds its own** (no socket unit, or started by hand): the socket is autobound, so its
   port is networkd's PID, which the bus gives for the owner of `org.freedesktop.network1`
   (GetConnectionUnixProcessID). Before networkd has taken its name, /proc/<port>/comm tells
-  (world-readable: netd-hook's unit has no ProtectProc=invisible).
+  (world-readable: netd-hook's unit has ProcSubset=pid but not ProtectProc=invisible).
 
 The port is always an integer from the kernel, never bus data.
 """

@@ -98,7 +98,7 @@ class Service:
         self.config_path = config_path
         self.state_dir = cfg.state_dir
         self.runtime_dir = runtime_dir
-        self.boot = store.Boot.current()  # the snapshot says which boot's kernel it describes
+        self.boot = store.Boot(None, 0.0)  # this boot, once the runtime directory is ours (_run)
         self.started_at = time.time()
         self.generation = 0  # networkd bus owners seen; a restart starts a new generation
         self.networkd_pid: int | None = None
@@ -176,6 +176,7 @@ class Service:
         self._remove_debris()
         self.replay_lock = self._open_replay_lock()
         try:
+            self.boot = store.Boot.current(self.runtime_dir, create=True)
             loaded = store.load(self.state_dir, boot=self.boot)
             if loaded.status == "loaded":
                 log.info("loaded snapshot: %d rules, %d routes",
@@ -414,8 +415,7 @@ class Service:
         self._absorb(self.batch, lost, rest.append)
         self.batch = rest
         self._absorb(_flatten(self._pending()), lost, self.backlog.append)
-        for cause, n in lost.items():
-            self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
+        self._count_losses(lost)  # what they lost is in the plan or dump about to be made
         self._log_forgets()
 
     def _absorb(self, events: Iterable[Any], lost: dict[str, int], keep: Callable[[Any], None]) -> None:
@@ -471,12 +471,16 @@ class Service:
             self.audit.emit(forgotten_bulk_audit(doubt, self.forgotten.while_busy, self.generation,
                                                  [(f.port, f.process) for f in self.forgotten.recent if f.busy]))
 
-    async def _flush(self, lost: dict[str, int]) -> None:
-        self._log_forgets()
+    def _count_losses(self, lost: dict[str, int]) -> None:
         for cause, n in lost.items():
             self.counters.losses[cause] = self.counters.losses.get(cause, 0) + n
             log.info("lost %d protected entries (removed by %s)", n, cause)
             self._outage_starts()
+
+    async def _flush(self, lost: dict[str, int]) -> None:
+        self._log_forgets()
+        self._count_losses(lost)
+        for cause, n in lost.items():
             await self._step(decide.Lost(n, cause))
         lost.clear()
 

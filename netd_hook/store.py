@@ -16,18 +16,19 @@ import os
 import re
 import stat
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model import BOOT_ID, FormatError, Saved, Snapshot, load_saved_file, snapshot_to_json
+from .model import BOOT_ID, FormatError, Saved, Snapshot, load_saved_file, read_regular, snapshot_to_json
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "snapshot.json"
 EARLIER_BOOT_FILE = SNAPSHOT_FILE + ".earlier-boot"  # the last snapshot of another boot, kept for people
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+BOOT_ID_FILE = "boot-id"  # in the runtime directory
 
 # A failed write is tried again after RETRY_FIRST seconds, then after twice as long each time, at
 # most RETRY_MAX apart: a full disk costs one attempt a minute, not one per change.
@@ -48,18 +49,46 @@ class Loaded:
 
 @dataclass(frozen=True, slots=True)
 class Boot:
-    """This boot: the kernel's boot id (None if it cannot be read) and when it began (wall clock)."""
+    """This boot: its id (None if there is none) and when it began (wall clock).
+
+    The id is a random UUID the daemon keeps in its runtime directory (`/run/netd-hook`, kept
+    across the daemon's restarts by RuntimeDirectoryPreserve=yes): /run is a tmpfs that starts
+    empty at every boot, which is why the VPC CNI keeps its own checkpoint there. Not the
+    kernel's boot id: a node whose network namespace is new while the kernel is not (a
+    container's boot) would keep it, and the unit's ProcSubset=pid hides it anyway."""
 
     id: str | None
     started_at: float
 
     @classmethod
-    def current(cls, path: Path = BOOT_ID_FILE) -> Boot:
+    def current(cls, runtime_dir: Path, create: bool = False) -> Boot:
+        """This boot as `runtime_dir` says; with `create`, a first start in this boot makes its id.
+        An id that cannot be read or made is None (the clock decides then, see earlier_boot)."""
+        path = runtime_dir / BOOT_ID_FILE
+        if create:
+            _make_boot_id(path)
         try:
-            text = path.read_text().strip()
+            text = read_regular(path, 64).decode("ascii", "replace").strip()
         except OSError:
             text = ""
         return cls(text if BOOT_ID.fullmatch(text) else None, _booted_at())
+
+
+def _make_boot_id(path: Path) -> None:
+    """Write a new boot id to `path` unless it has one: complete or not at all (staged, then
+    linked into place, which fails if another start was first; that one's id stands)."""
+    if path.exists():
+        return
+    tmp = temp_path(path)
+    try:
+        atomic_write(tmp, f"{uuid.uuid4()}\n".encode())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except OSError as exc:
+        log.warning("cannot record this boot's id in %s: %s", path, exc.strerror or exc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def earlier_boot(saved: Saved, mtime: float, boot: Boot) -> str:
@@ -249,8 +278,8 @@ def degraded_doc(failing: Mapping[str, Failing], now: float, wall: float) -> dic
 
 
 def load(state_dir: Path, now: float | None = None, boot: Boot | None = None) -> Loaded:
-    """The snapshot to start from: what the file holds if it describes this boot's kernel.
-    A corrupt file is moved aside as `*.corrupt-<time>`, one of an earlier boot to
+    """The snapshot to start from: what the file holds if it describes `boot`'s kernel (None:
+    any boot's). A corrupt file is moved aside as `*.corrupt-<time>`, one of an earlier boot to
     EARLIER_BOOT_FILE; either way the daemon starts from the kernel alone."""
     path = state_dir / SNAPSHOT_FILE
     try:
@@ -264,7 +293,7 @@ def load(state_dir: Path, now: float | None = None, boot: Boot | None = None) ->
         return _aside(path, f"unreadable: {exc.strerror or exc}", now)
     except FormatError as exc:
         return _aside(path, str(exc), now)
-    why = earlier_boot(saved, mtime, boot or Boot.current())
+    why = earlier_boot(saved, mtime, boot) if boot is not None else ""
     if not why:
         return Loaded(saved.snapshot, "loaded")
     target = path.with_name(EARLIER_BOOT_FILE)

@@ -70,7 +70,9 @@ class Daemon:
         self._cond = threading.Condition()
         self.proc: subprocess.Popen | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="ndh-daemon-")
-        self.runtime_dir = runtime_dir or Path(self._tmp.name) / "run"
+        # Beside the state directory: a daemon started again on the same state is in the same
+        # boot (its runtime directory, /run/netd-hook on a node, keeps the boot's id).
+        self.runtime_dir = runtime_dir or state_dir.with_name(state_dir.name + ".run")
 
     def start(self, timeout: float = 20.0) -> Daemon:
         tmp = Path(self._tmp.name)

@@ -170,7 +170,7 @@ def test_a_snapshot_that_parses_but_lies_is_set_aside_naming_the_field(tmp_path:
     # `snapshot`, `diff`, `replay` and `wait` read the same file through ops: a clear OpsError
     (tmp_path / store.SNAPSHOT_FILE).write_bytes(raw)
     with pytest.raises(ops.OpsError, match="is corrupt"):
-        ops.read_snapshot(tmp_path)
+        ops.read_snapshot(tmp_path, tmp_path)
 
 
 def test_the_codec_raises_only_its_own_error_which_store_load_sets_aside() -> None:
@@ -254,7 +254,7 @@ def test_ops_read_snapshot_does_not_block_on_a_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / store.SNAPSHOT_FILE
     os.mkfifo(fifo)
     with pytest.raises(ops.OpsError):
-        finishes(lambda: ops.read_snapshot(tmp_path), [fifo], within=1.0)
+        finishes(lambda: ops.read_snapshot(tmp_path, tmp_path), [fifo], within=1.0)
 
 
 # ------------------------------------------------------------------ finding 4: the status file

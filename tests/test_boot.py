@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from netd_hook import ops, store
-from netd_hook.model import FormatError, Saved, Snapshot, load_saved_file
+from netd_hook.model import BOOT_ID, FormatError, Saved, Snapshot, load_saved_file
 from netd_hook.store import Boot, earlier_boot
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
@@ -36,11 +36,17 @@ def test_which_boot_a_snapshot_describes(saved_id: str | None, mtime: float, boo
         assert ("another boot" in why) if saved_id and boot.id else ("before this boot began" in why)
 
 
-def test_the_boot_id_is_this_kernels() -> None:
-    boot = Boot.current()
-    assert boot.id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    assert abs(boot.started_at - (time.time() - time.clock_gettime(time.CLOCK_BOOTTIME))) < 1
-    assert Boot.current(Path("/nonexistent")).id is None
+def test_a_boots_id_is_made_once_and_kept_in_the_runtime_directory(tmp_path: Path) -> None:
+    """/run is a tmpfs that starts empty at every boot: the first start makes the id, every later
+    start (a restart, an upgrade) reads the same one; a reader never makes one."""
+    assert Boot.current(tmp_path).id is None and not (tmp_path / store.BOOT_ID_FILE).exists()
+    first = Boot.current(tmp_path, create=True)
+    assert first.id is not None and BOOT_ID.fullmatch(first.id)
+    assert Boot.current(tmp_path, create=True).id == Boot.current(tmp_path).id == first.id
+    assert abs(first.started_at - (time.time() - time.clock_gettime(time.CLOCK_BOOTTIME))) < 1
+    assert [p.name for p in tmp_path.iterdir()] == [store.BOOT_ID_FILE]  # nothing staged is left
+    (tmp_path / store.BOOT_ID_FILE).write_text("garbage\n")
+    assert Boot.current(tmp_path, create=True).id is None  # the clock decides then
 
 
 def test_the_snapshot_records_its_boot_and_loads_only_in_it(tmp_path: Path) -> None:
@@ -84,9 +90,9 @@ def test_a_malformed_boot_id_makes_the_file_corrupt(tmp_path: Path, value: objec
 
 def test_replay_and_diff_refuse_an_earlier_boots_snapshot(tmp_path: Path) -> None:
     store.save(tmp_path, SNAP, A)
-    assert ops.read_snapshot(tmp_path, Boot(A, 0.0)) == SNAP
+    assert ops.read_snapshot(tmp_path, tmp_path, Boot(A, 0.0)) == SNAP
     with pytest.raises(ops.OpsError, match=r"is of an earlier boot \(written in another boot .*nothing in it is used"):
-        ops.read_snapshot(tmp_path, Boot(B, 0.0))
+        ops.read_snapshot(tmp_path, tmp_path, Boot(B, 0.0))
     assert (tmp_path / store.SNAPSHOT_FILE).exists()  # a command moves nothing: the daemon does
 
 
@@ -102,11 +108,12 @@ def test_the_daemon_replays_nothing_of_an_earlier_boots_snapshot(tmp_path: Path)
 
     with vpc_node() as lab:
         state = tmp_path / "state"
-        with Daemon(lab, state):
+        with Daemon(lab, state) as d:
             pass  # this boot's snapshot
         path = state / store.SNAPSHOT_FILE
         doc = json.loads(path.read_text())
-        assert doc["boot_id"] == Boot.current().id
+        boot = Boot.current(d.runtime_dir)
+        assert boot.id is not None and doc["boot_id"] == boot.id
         doc["boot_id"] = A
         path.write_text(json.dumps(doc))
         lab.ip_batch(["rule del fwmark 0x80/0x80 lookup main priority 1024",
@@ -120,4 +127,4 @@ def test_the_daemon_replays_nothing_of_an_earlier_boots_snapshot(tmp_path: Path)
             assert d.repairs() == []
             assert (state / store.EARLIER_BOOT_FILE).exists()
             saved = json.loads(path.read_text())
-            assert saved["boot_id"] == Boot.current().id and len(saved["rules"]) == len(doc["rules"]) - 3
+            assert saved["boot_id"] == boot.id and len(saved["rules"]) == len(doc["rules"]) - 3

@@ -292,8 +292,9 @@ def test_the_units_sandbox_is_in_force(booted: Node) -> None:
     assert props["AmbientCapabilities"] == props["CapabilityBoundingSet"] == "cap_net_admin", props
     assert props["NoNewPrivileges"] == "yes" and props["ProtectSystem"] == "strict", props
     assert props["PrivateTmp"] == props["PrivateDevices"] == "yes", props
-    # inside the sandbox the daemon reads the kernel's boot id, and its snapshot records it
-    assert json.loads(n.read_file("/var/lib/netd-hook/snapshot.json"))["boot_id"] == n.boot_id()
+    # its snapshot records this boot's id (kept in the runtime directory)
+    boot_id = n.read_file("/run/netd-hook/boot-id").strip()
+    assert json.loads(n.read_file("/var/lib/netd-hook/snapshot.json"))["boot_id"] == boot_id
     assert sorted(props["RestrictAddressFamilies"].split()) == ["AF_NETLINK", "AF_UNIX"], props
     pid = n.main_pid("netd-hook")
     proc = dict(line.split(":", 1) for line in n.read_file(f"/proc/{pid}/status").splitlines() if ":" in line)

@@ -429,7 +429,8 @@ def test_a_runtime_directory_turning_read_only_degrades_and_recovers(node: Lab, 
         d.wait_log(r"degraded: also cannot write the metrics to .*metrics\.prom", start=mark)
         d.wait_log(r"cannot publish the status .*\(failure 2\)", timeout=5)
         assert len(_degraded_warnings(d)) == 1, "\n".join(_degraded_warnings(d))
-        assert node.run("ls", "-A", str(run)).stdout.split() == sorted(["daemon.lock", "metrics.prom", "status.json"])
+        listing = node.run("ls", "-A", str(run)).stdout.split()
+        assert listing == sorted(["boot-id", "daemon.lock", "metrics.prom", "status.json"])
         assert d.proc is not None and d.proc.poll() is None
 
         mark = d.mark()

@@ -227,10 +227,10 @@ def test_managed_links_come_from_networkd_state_files(tmp_path: Path):
 
 def test_read_snapshot_never_moves_a_corrupt_file(tmp_path: Path):
     with pytest.raises(ops.OpsError, match="no snapshot at"):
-        ops.read_snapshot(tmp_path)
+        ops.read_snapshot(tmp_path, tmp_path)
     (tmp_path / "snapshot.json").write_text("{broken")
     with pytest.raises(ops.OpsError, match=r"is corrupt .* `systemctl restart netd-hook`"):
-        ops.read_snapshot(tmp_path)
+        ops.read_snapshot(tmp_path, tmp_path)
     assert (tmp_path / "snapshot.json").read_text() == "{broken"
 
 

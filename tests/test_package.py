@@ -237,7 +237,7 @@ def test_installed_units_pass_verify(installed_deb: Path) -> None:
 
 # The unit's sandbox, as far as it can be had without systemd as PID 1: user netd-hook with
 # CAP_NET_ADMIN as its only capability and no new privileges; a read-only file system but for the
-# state and runtime directories (ProtectSystem=strict);
+# state and runtime directories (ProtectSystem=strict); /proc with processes only (ProcSubset=pid);
 # no writable+executable memory (MemoryDenyWriteExecute=; here prctl(PR_SET_MDWE), inherited
 # across exec). Not reproduced: the seccomp filters (SystemCallFilter=, RestrictAddressFamilies=),
 # the private /tmp and /dev, the protected kernel tunables.
@@ -254,6 +254,7 @@ if [ -n "$PY_PREFIX" ]; then  # an interpreter under /root (0700): the same path
     stage=$(mktemp -d); mount --bind "$PY_PREFIX" "$stage"
     mount -t tmpfs -o mode=0755 tmpfs /root; mkdir -p "$PY_PREFIX"; mount --move "$stage" "$PY_PREFIX"
 fi
+mount -t proc -o subset=pid proc /proc
 chmod 0755 "$(dirname "$NOTIFY_SOCKET")"; chmod 0777 "$NOTIFY_SOCKET"
 for dir in $WRITABLE; do mount --bind "$dir" "$dir"; done
 mount -o remount,bind,ro /

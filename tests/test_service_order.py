@@ -104,7 +104,8 @@ def test_a_cni_deletion_read_after_the_configured_signal_is_still_never_replayed
 
 
 def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_view_is_whole(
-        tmp_path: Path, kept: list[Any]) -> None:
+        tmp_path: Path, kept: list[Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="netd_hook.service")
     svc, writer, tracker = _service(tmp_path, kept)
     gone = set(pod_rules("10.1.1.6", 2))
     _kernel_without(svc, gone)
@@ -113,6 +114,9 @@ def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_vie
     # the replay's echoes (our own port) as the monitor would read them next
     anyio.run(svc._handle, [Change(True, r, 777) for r in gone], 0.0)
     assert writer.sent == [2]  # one batch, with both rules
+    # who removed them is logged whichever way they were taken in (here: by the catch-up)
+    assert "lost 2 protected entries (removed by networkd)" in caplog.messages
+    assert svc.counters.losses == {"networkd": 2}
     assert gone <= tracker.rules and gone <= tracker.present_rules
     assert len(plan(tracker.snapshot(), tracker.present_rules, tracker.present_routes,
                     tracker.liveness(frozenset()), ())) == 0

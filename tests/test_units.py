@@ -104,6 +104,8 @@ def test_service_sandbox_leaves_only_what_the_daemon_needs() -> None:
     # the daemon writes there stay world-readable
     assert single(s, "Service", "RuntimeDirectoryMode") == "0755"
     assert single(s, "Service", "UMask") == "0022"
+    # this boot's id lives there (store.Boot): kept across restarts, gone with /run at reboot
+    assert single(s, "Service", "RuntimeDirectoryPreserve") == "yes"
 
 
 def test_dropin_waits_bounded_and_never_fails_networkd() -> None:
