@@ -296,21 +296,19 @@ def load(state_dir: Path, now: float | None = None, boot: Boot | None = None) ->
     why = earlier_boot(saved, mtime, boot) if boot is not None else ""
     if not why:
         return Loaded(saved.snapshot, "loaded")
-    target = path.with_name(EARLIER_BOOT_FILE)
-    try:
-        os.replace(path, target)
-    except OSError as exc:
-        log.error("snapshot %s is of an earlier boot (%s) and cannot be moved aside: %s", path, why, exc.strerror)
-        return Loaded(Snapshot(), "earlier-boot", why)
-    return Loaded(Snapshot(), "earlier-boot", why, target)
+    return _move_aside(path, path.with_name(EARLIER_BOOT_FILE), "earlier-boot", why)
 
 
 def _aside(path: Path, why: str, now: float | None) -> Loaded:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if now is None else now))
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    return _move_aside(path, path.with_name(f"{path.name}.corrupt-{stamp}"), "corrupt", why)
+
+
+def _move_aside(path: Path, target: Path, status: str, why: str) -> Loaded:
+    """Start from nothing, keeping the file where people can read it (when it can be moved)."""
     try:
         os.replace(path, target)
     except OSError as exc:
-        log.error("snapshot %s is corrupt (%s) and cannot be moved aside: %s", path, why, exc.strerror)
-        return Loaded(Snapshot(), "corrupt", why)
-    return Loaded(Snapshot(), "corrupt", why, target)
+        log.error("snapshot %s (%s: %s) cannot be moved aside: %s", path, status, why, exc.strerror)
+        return Loaded(Snapshot(), status, why)
+    return Loaded(Snapshot(), status, why, target)

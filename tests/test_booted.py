@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,11 @@ PODS = {0: 10, 1: 10, 2: 10}  # ENI index -> pods: 30 pods, 53 protected rules, 
 WIPE_TIMEOUT = 5.0      # networkd's wipe shows up in the kernel within this
 REPAIR_TIMEOUT = 10.0   # and netd-hook has put everything back within this (it takes milliseconds)
 
-@pytest.fixture(scope="module", params=list(NODES), ids=list(NODES))
-def node(request: pytest.FixtureRequest, deb: Path) -> Iterator[Node]:
-    suite, networkd249, _ = NODES[request.param]
+@contextmanager
+def vpc_node(node_id: str, deb: Path) -> Iterator[Node]:
+    """A booted node of NODES with the package installed and the VPC CNI layout (PODS) protected:
+    every booted module's node fixture."""
+    suite, networkd249, _ = NODES[node_id]
     n = Node(suite, networkd249=networkd249)
     try:
         n.start()
@@ -56,6 +59,12 @@ def node(request: pytest.FixtureRequest, deb: Path) -> Iterator[Node]:
         yield n
     finally:
         n.close()
+
+
+@pytest.fixture(scope="module", params=list(NODES), ids=list(NODES))
+def node(request: pytest.FixtureRequest, deb: Path) -> Iterator[Node]:
+    with vpc_node(request.param, deb) as n:
+        yield n
 
 
 @pytest.fixture()

@@ -24,7 +24,7 @@ from netd_hook import __version__
 from netd_hook.journal import MESSAGE_ID_REPAIR, MESSAGE_ID_SNAPSHOT_REBUILT
 from tests import node as nodemod
 from tests.node import Node, Observer, wait_until
-from tests.test_booted import IN_CI, MISSING, NODES, PODS, foreign_rules, status, wait_protecting
+from tests.test_booted import IN_CI, MISSING, NODES, foreign_rules, status, vpc_node, wait_protecting
 
 pytestmark = [pytest.mark.booted]
 if MISSING and not IN_CI:
@@ -61,17 +61,8 @@ def next_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", params=list(NODES), ids=list(NODES))
 def node(request: pytest.FixtureRequest, deb: Path) -> Iterator[Node]:
-    suite, networkd249, _ = NODES[request.param]
-    n = Node(suite, networkd249=networkd249)
-    try:
-        n.start()
-        n.install_deb(deb)
-        n.setup_layout((0, 1, 2), PODS)
-        n.baseline = n.protected()
-        wait_protecting(n)
+    with vpc_node(request.param, deb) as n:
         yield n
-    finally:
-        n.close()
 
 
 def journal_since(n: Node, message_id: str, since_us: int) -> list[dict[str, Any]]:

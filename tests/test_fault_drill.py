@@ -64,17 +64,15 @@ def journal_repairs(lab: Lab) -> list[dict]:
     return lab.journal(ME, f"MESSAGE_ID={journal.MESSAGE_IDS['repair']}")
 
 
-def first_rule_deleted(lab: Lab) -> socket.socket:
-    """A monitor of the lab's rule changes, opened before the fault's trigger."""
+def reconfigure_and_wait_for_the_first_deletion(lab: Lab, timeout: float = 10) -> None:
+    """`networkctl reconfigure eth1`, returning once networkd's pass has deleted its first rule
+    (seen by a monitor of the lab's own, opened before)."""
     sock = lab.netns_socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-    sock.bind((0, netlink.MONITOR_GROUPS))
-    return sock
-
-
-def wait_for_a_deletion(sock: socket.socket, timeout: float = 10) -> None:
-    sock.settimeout(timeout)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+        sock.bind((0, netlink.MONITOR_GROUPS))
+        lab.run("networkctl", "reconfigure", "eth1")
+        sock.settimeout(timeout)
         while True:
             data = sock.recv(1 << 16)
             off = 0
@@ -155,9 +153,7 @@ def test_the_system_bus_restarted_during_the_wipe(node: Lab, tmp_path: Path) -> 
     want = without(healthy(node), GONE)
     with Daemon(node, tmp_path / "state") as d:
         before = len(journal_repairs(node))
-        watch = first_rule_deleted(node)
-        node.run("networkctl", "reconfigure", "eth1")
-        wait_for_a_deletion(watch)
+        reconfigure_and_wait_for_the_first_deletion(node)
         mark = d.mark()
         node.restart_dbus()
         node.del_pods(GONE)
@@ -180,9 +176,7 @@ def test_networkd_killed_in_the_middle_of_its_drop_pass(node: Lab, tmp_path: Pat
     want = without(healthy(node), GONE)
     with Daemon(node, tmp_path / "state") as d:
         before = len(journal_repairs(node))
-        watch = first_rule_deleted(node)
-        node.run("networkctl", "reconfigure", "eth1")
-        wait_for_a_deletion(watch)
+        reconfigure_and_wait_for_the_first_deletion(node)
         node.kill_networkd()
         node.del_pods(GONE)
         time.sleep(0.1)  # RestartSec= default
