@@ -53,6 +53,11 @@ SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync
 PUBLISH_INTERVAL = 0.5  # status.json and metrics during pod churn; changes that matter go out at once
 HEARTBEAT = 30.0  # re-publish this often even when nothing changed (doctor calls older "stale")
 NETLINK_RETRY = 1.0  # after a dump or batch failed twice in a row
+# Entries the kernel refused are tried again after 1 s, then twice as long each time, at most a
+# minute apart (and at networkd's next reconfigure): an error can pass (a device or address that
+# was not there yet), and one that does not costs one attempt a minute.
+SET_ASIDE_RETRY_FIRST = 1.0
+SET_ASIDE_RETRY_MAX = 60.0
 MONITOR_RCVBUF = 32 << 20  # a wipe of 10,000 rules must not overrun the monitor
 
 
@@ -121,6 +126,8 @@ class Service:
         self.socket_checked = False  # in this round of the loop (a drain deletes thousands of entries)
         self.encoder = Encoder()
         self.set_aside: set[Entry] = set()
+        self.set_aside_retry_at: float | None = None  # loop clock of the next try of what is set aside
+        self.set_aside_delay = SET_ASIDE_RETRY_FIRST
         # Found missing after a monitor overrun with networkd idle all the while: who deleted them
         # cannot be told, so they are held back (shown, `netd-hook replay` puts them back).
         self.unattributed: set[Entry] = set()
@@ -246,7 +253,7 @@ class Service:
 
     async def _loop(self) -> None:
         while True:
-            timers = (self.wake_at, self.save_at, self.publish_at, self.rejected.deadline)
+            timers = (self.wake_at, self.save_at, self.publish_at, self.rejected.deadline, self.set_aside_retry_at)
             deadline = min(t for t in (*timers, math.inf) if t is not None)
             events, self.backlog = self.backlog, []
             if not events:
@@ -271,6 +278,7 @@ class Service:
                 if self.wake_at is not None and now >= self.wake_at:
                     self.wake_at = None
                     await self._step(decide.Tick())
+                await self._retry_set_aside(now)
             except NetlinkError as exc:  # and again: keep serving, try once more a little later
                 log.error("netlink error again: %s; re-reading the kernel in %g s", exc, NETLINK_RETRY)
                 self.state = replace(self.state, busy=False, verify=True)
@@ -351,6 +359,18 @@ class Service:
                 await self._step(decide.Lost(missing, "startup"))
         await self._flush(lost)
         await self._release_held(anyio.current_time())
+
+    async def _retry_set_aside(self, now: float) -> None:
+        """What the kernel refused is a loss like any other once its retry time has come."""
+        at = self.set_aside_retry_at
+        if at is None or now < at:
+            return
+        self.set_aside_retry_at = None
+        n = len(self.set_aside)
+        if n:
+            self.set_aside.clear()
+            log.info("trying the %d entries set aside again", n)
+            await self._step(decide.Lost(n, "retry"))
 
     async def _release_held(self, now: float) -> None:
         """What an overrun's gap lost was held back because networkd looked idle at the re-read;
@@ -571,6 +591,12 @@ class Service:
         finally:
             fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
         self.set_aside.update(e for e, _ in out.set_aside)
+        if out.set_aside:
+            self.set_aside_retry_at = anyio.current_time() + self.set_aside_delay
+            log.info("trying the %d entries set aside again in %gs", len(self.set_aside), self.set_aside_delay)
+            self.set_aside_delay = min(2 * self.set_aside_delay, SET_ASIDE_RETRY_MAX)
+        elif not self.set_aside:
+            self.set_aside_delay = SET_ASIDE_RETRY_FIRST
         # The kernel has what it answered EEXIST for, whatever our view said (an add of ours or of
         # networkd's whose notification we read before the dump that missed it, say): without
         # this, status would call it missing for good, with nothing left to trigger a repair.
