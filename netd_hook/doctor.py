@@ -80,6 +80,19 @@ CURE_DIR = "/etc/systemd/networkd.conf.d"
 CURE_BODY = f"[Network]\n{RULES_KEY}=no\n{ROUTES_KEY}=no\n"
 CURE_NAMES = ("80-netd-hook.conf", "90-netd-hook.conf", "99-netd-hook.conf", "zz-netd-hook.conf")
 
+# A cured node (both keys no) loses no rule, but networkd still takes a managed link's address
+# away and re-adds it at some moments, and the kernel flushes every route through a link when its
+# last address goes (fib_disable_ip in net/ipv4/fib_frontend.c, no RTM_DELROUTE): the ENI's own
+# table with it, whatever ManageForeignRoutes= says. Which moments, measured on booted nodes with
+# the kops/AL2023 drop-in (tests/test_booted_cured.py); in 249's source link_reconfigure_impl()
+# and link_carrier_lost() both call link_drop_config(), which removes the link's addresses.
+ADDRESS_DROPS: Mapping[int, tuple[str, ...]] = {
+    249: ("networkctl reconfigure", "carrier loss"),
+    252: ("networkctl reconfigure", "networkd restart", "carrier loss"),
+    257: ("carrier loss",),  # reconfigure and restart update the address in place
+}
+ADDRESS_DROPS_UNKNOWN = ("networkctl reconfigure", "networkd restart", "carrier loss")
+
 UNIT = "netd-hook.service"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
              "/usr/lib/systemd/system", "/lib/systemd/system")
@@ -656,8 +669,9 @@ def _risk_finding(key: str, setting: Setting, version: int | None, since: int, g
                        f"{'policy rules' if key == RULES_KEY else 'routes'} alone{assumed}")
     detail = f"With {key}=yes ({where}), systemd-networkd {what}.{assumed}"
     if key == ROUTES_KEY:
-        detail += (" Even with ManageForeignRoutes=no, reconfiguring an ENI loses its table routes (the kernel "
-                   "flushes them when networkd re-adds the address; seen on systemd 252), which netd-hook repairs.")
+        detail += (" Even with ManageForeignRoutes=no, an ENI whose address networkd takes away and re-adds loses "
+                   f"its table routes (the kernel flushes them: {_address_drops(version)}), which netd-hook "
+                   "repairs.")
     cure = (f"the drop-in above (for {RULES_KEY}) sets {key}=no too" if fixed_above
             else "Cure, turn the wipe off:\n" + cure_fix(conf_files) + "\n" + _SKIP_CURE)
     if guard_running:
@@ -771,6 +785,64 @@ def _links_finding(links: Mapping[str, str]) -> Finding:
                    f"From netd-hook's status. Unmanaged: {shown or 'none'}.")
 
 
+def _address_drops(version: int | None) -> str:
+    """The moments networkd takes a managed ENI's address away, for this systemd."""
+    known = ADDRESS_DROPS.get(version) if version is not None else None
+    if known is not None:
+        return f"systemd {version}: {', '.join(known)}"
+    return f"{', '.join(ADDRESS_DROPS_UNKNOWN[:-1])} or {ADDRESS_DROPS_UNKNOWN[-1]}, depending on the systemd version"
+
+
+def _managed_links(links: Mapping[str, str] | None) -> list[str]:
+    return sorted(n for n, s in (links or {}).items() if s not in ("unmanaged", "linger") and n != "lo")
+
+
+def _cured_finding(facts: Facts, rules: Setting, routes: Setting, running: bool,
+                   links: Mapping[str, str] | None) -> Finding | None:
+    """Both wipes off (the kops/AL2023 drop-in, or doctor's own cure): say so, and what is still
+    lost and who puts it back. None when either wipe is on, or systemd predates the rule wipe."""
+    version = facts.version
+    if rules.value or routes.value or (version is not None and version < RULES_SINCE):
+        return None
+    drops = _address_drops(version)
+    flushed = f"the ENI table routes the kernel flushes when networkd re-adds an ENI's address ({drops})"
+    sources = "; ".join(f"{s.key}=no in {s.source}" for s in (rules, routes) if s.source)
+    managed = _managed_links(links)
+    which = (f"Links networkd manages now (from netd-hook's status): {', '.join(managed) or 'none'}. "
+             if links is not None else "")
+    detail = (f"{sources}. networkd deletes none of the CNI's policy rules or routes. But when a link's last "
+              "address goes, the kernel flushes every route through it, the ENI's own table (default via its "
+              f"gateway) included, and networkd takes a managed ENI's address away and re-adds it ({drops}); it "
+              "re-adds the address, never the CNI's routes, and the pods on that ENI lose their egress. "
+              f"{which}An ENI whose link networkd does not manage (Unmanaged=yes) keeps its address and its table.")
+    if running:
+        return Finding("networkd.cured", Severity.OK,
+                       f"cured: networkd deletes none of the CNI's rules or routes; netd-hook still guards {flushed}",
+                       detail + " netd-hook re-reads the kernel once networkd settles and puts them back.")
+    return Finding("networkd.cured", Severity.INFO,
+                   f"cured: networkd deletes none of the CNI's rules or routes, but nothing puts back {flushed}: "
+                   "netd-hook is not running",
+                   detail + " Without netd-hook they stay gone until the CNI re-creates them (aws-node restarted).")
+
+
+def _unmanaged_finding(facts: Facts, rules: Setting) -> Finding | None:
+    """`[Link] Unmanaged=yes` on the secondary ENIs (Ubuntu's common layout) keeps networkd off their
+    addresses and routes, never off the rules: the rule wipe is manager-wide (amazon-vpc-cni-k8s #1600)."""
+    files = [f for f in facts.network_files if f.state in ("read", "error") and f.unmanaged]
+    if not files or not rules.value or (facts.version is not None and facts.version < RULES_SINCE):
+        return None
+    names = ", ".join(f"{os.path.basename(f.path)} ({' '.join(f.match) or 'no [Match]'})" for f in files)
+    routes_note = (" networkd neither configures the addresses of these links nor drops their routes, so an ENI table "
+                   "on them survives whatever networkd does, ManageForeignRoutes=yes or not.")
+    return Finding("networkd.unmanaged", Severity.INFO,
+                   f"Unmanaged=yes in {names}: networkd leaves those links' addresses and routes alone, but not the "
+                   "rules: the rule wipe is manager-wide",
+                   "networkd deletes every foreign policy rule whenever it configures any link it manages (the "
+                   "primary ENI: networkctl reconfigure, netplan apply, a networkd restart; on 249 also a carrier "
+                   "loss), whichever link the rule is about. Unmanaged=yes does not change that (amazon-vpc-cni-k8s "
+                   "#1600); ManageForeignRoutingPolicyRules=no does." + routes_note)
+
+
 def assess(facts: Facts, probe: statusmod.Probe | None, snapshot_mtime: float | None, now: float,
            stale_after: float = DEFAULT_STALE_AFTER, links: Mapping[str, str] | None = None) -> list[Finding]:
     """Findings, in a stable order (render_text sorts by severity). Pure."""
@@ -795,8 +867,8 @@ def assess(facts: Facts, probe: statusmod.Probe | None, snapshot_mtime: float | 
     at_risk = ((rules.value and (version is None or version >= RULES_SINCE))
                or (routes.value and (version is None or version >= ROUTES_SINCE)))
     need = Severity.WARNING if at_risk else Severity.INFO
-    why = "" if at_risk else (" (networkd's wipe is off here; netd-hook still repairs ENI table routes"
-                              " after a reconfigure)")
+    why = "" if at_risk else (" (networkd's wipe is off here; netd-hook still puts back the ENI table routes"
+                              " the kernel flushes when networkd takes an ENI's address away)")
 
     out.append(_network_finding(facts))
     if links is None and status is not None and running:  # a dead daemon's links are history
@@ -806,6 +878,12 @@ def assess(facts: Facts, probe: statusmod.Probe | None, snapshot_mtime: float | 
             links = {str(k): str(v) for k, v in raw.items()}
     if links is not None:
         out.append(_links_finding(links))
+    unmanaged = _unmanaged_finding(facts, rules)
+    if unmanaged is not None:
+        out.append(unmanaged)
+    cured = _cured_finding(facts, rules, routes, running, links)
+    if cured is not None:
+        out.append(cured)
 
     unit = facts.unit
     if unit.unit_file is None:
@@ -957,8 +1035,7 @@ def _stuck_findings(status: Mapping[str, Any], now: float) -> list[Finding]:
                     f"networkd link{'s' if len(stuck) != 1 else ''} stuck: {', '.join(named)}",
                     "Busy for longer than [replay] stuck_ms: no carrier, a DHCP server that never answers, a link "
                     "udev never initialized. netd-hook no longer waits for such a link to repair what networkd's "
-                    "other links deleted, and checks the kernel again when it settles (networkd 249 wipes once "
-                    "more when a link gains its carrier).",
+                    "other links deleted, and checks the kernel again when it settles.",
                     f"networkctl status {' '.join(stuck)}\njournalctl -u systemd-networkd -n 50 --no-pager")]
 
 
@@ -1009,6 +1086,11 @@ def render_text(findings: Sequence[Finding], verbose: bool = False) -> str:
         verdict = "AT RISK: networkd can delete the CNI's rules or routes and nothing puts them back"
     elif counts[Severity.WARNING]:
         verdict = "needs attention"
+    elif any(f.check == "networkd.cured" for f in findings):
+        guarded = any(f.check == "networkd.cured" and f.severity is Severity.OK for f in findings)
+        verdict = ("cured: networkd deletes none of the CNI's rules or routes; "
+                   + ("netd-hook guards the ENI table routes the kernel flushes" if guarded else
+                      "nothing guards the ENI table routes the kernel flushes (netd-hook is not running)"))
     else:
         verdict = "no problems found"
     lines.append(f"{', '.join(parts)}: {verdict}")
@@ -1022,6 +1104,7 @@ def to_json(findings: Sequence[Finding], facts: Facts) -> dict[str, Any]:
         "format": FORMAT,
         "version": VERSION,
         "exit_code": exit_code(findings),
+        "cured": any(f.check == "networkd.cured" for f in findings),
         "systemd_version": facts.version,
         "settings": {s.key: {"value": s.value, "source": s.source,
                              "invalid": [{"where": w, "value": v} for w, v in s.invalid]}

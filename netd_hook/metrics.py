@@ -89,7 +89,7 @@ def render(doc: Mapping[str, Any]) -> str:
                      {"": number(last.get("at"))})
     lines += _family("networkd_settled", "gauge", "1 when networkd owns its name and every link is settled",
                      {"": int(bool(nd.get("settled")))})
-    lines += _family("networkd_generation", "counter", "networkd bus owners seen (restarts + 1)",
+    lines += _family("networkd_generation", "gauge", "networkd bus owners seen (restarts + 1)",
                      {"": nd.get("generation", 0)})
     lines += _family("start_time_seconds", "gauge", "when the daemon started",
                      {"": number(doc.get("started_at"))})

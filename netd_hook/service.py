@@ -40,7 +40,17 @@ from .journal import (
     watchdog_interval,
 )
 from .model import Entry, Route, Rule
-from .netlink import BatchWriter, Change, Encoder, FaultyWriter, Link, ListenedSocket, NetlinkError, Unsupported
+from .netlink import (
+    BatchWriter,
+    Change,
+    Encoder,
+    FaultyWriter,
+    Link,
+    ListenedSocket,
+    LocalAddress,
+    NetlinkError,
+    Unsupported,
+)
 from .networkd import BusCounters, Counted, OwnerPid, watch
 from .plan import Plan, plan
 from .procfs import NetworkdPorts
@@ -126,6 +136,9 @@ class Service:
         self.socket_checked = False  # in this round of the loop (a drain deletes thousands of entries)
         self.encoder = Encoder()
         self.set_aside: set[Entry] = set()
+        # Devices that lost an address (seen as its local route going) and carry protected routes:
+        # the kernel may have flushed them silently, so the kernel is re-read.
+        self.address_gone: set[str] = set()
         self.set_aside_retry_at: float | None = None  # loop clock of the next try of what is set aside
         self.set_aside_delay = SET_ASIDE_RETRY_FIRST
         # Found missing after a monitor overrun with networkd idle all the while: who deleted them
@@ -405,6 +418,8 @@ class Service:
             # Who deleted it cannot be told any more: keep it (the liveness gate still stops a
             # gone pod's rules), and let systemd restart us with networkd's current socket.
             cause, forgets = Cause.KERNEL, False
+        if isinstance(item, LocalAddress) and not ev.new and self.tracker.guards_routes_via(item.oif):
+            self.address_gone.add(item.oif)
         if self.tracker.apply(ev, cause):
             lost[cause.value] = lost.get(cause.value, 0) + 1
         elif forgets:
@@ -503,6 +518,11 @@ class Service:
         for cause, n in lost.items():
             await self._step(decide.Lost(n, cause))
         lost.clear()
+        while self.address_gone:
+            device = self.address_gone.pop()
+            log.info("%s lost an address: the kernel may have dropped the protected routes through it; "
+                     "re-reading the kernel", device)
+            await self._step(decide.Suspect(f"address-removed:{device}"))
 
     async def _step(self, event: decide.Event) -> None:
         queue: list[decide.Event] = [event]
@@ -801,8 +821,8 @@ class Service:
         urgent = (self.generation, self.networkd_pid, decide.settled(st, now), st.busy, st.lost, st.verify,
                   tuple(sorted(st.links.items())), self.counters.repairs, self.counters.rollbacks,
                   self.forgotten.doubt() is not None, tuple(sorted(self.failing)))
-        key = (*urgent, self.tracker.version, self.bus.rejected_signals, len(self.set_aside), self.forgotten.total,
-               self.counters.save_failures + self.counters.publish_failures,
+        key = (*urgent, self.tracker.version, self.saved_version, self.bus.rejected_signals, len(self.set_aside),
+               self.forgotten.total, self.counters.save_failures + self.counters.publish_failures,
                len(self.unattributed), self.counters.monitor_overruns)
         # a status.json or metrics write that failed is tried again on its backoff, not sooner
         retry = min((f.retry_at for w, f in self.failing.items() if w != "snapshot"), default=math.inf)
@@ -814,6 +834,7 @@ class Service:
             self._publish(now)
             if self.publish_at is None:  # nothing newer arrived meanwhile
                 self.published_key = key
+                self.publish_at = self.published_at + HEARTBEAT  # the next heartbeat, however idle
         else:
             self.publish_at = self.published_at + PUBLISH_INTERVAL
         # a failed write's next attempt is a timer of its own: nothing else need wake the loop by then

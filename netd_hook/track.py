@@ -99,6 +99,11 @@ class Tracker:
             return entry in self.rules
         return entry in self.routes and entry.table in self._tables
 
+    def guards_routes_via(self, device: str) -> bool:
+        """A protected route goes through `device`: the kernel drops it, without a word, when the
+        device's last address goes (networkd taking an ENI's address away)."""
+        return any(r.oif == device and r.table in self._tables for r in self.routes)
+
     def protected_route_count(self) -> int:
         """`len(snapshot().protected_routes())` without copying the snapshot (status, 2/s)."""
         return sum(1 for r in self.routes if r.table in self._tables)
@@ -126,8 +131,10 @@ class Tracker:
         for addr in [a for a, devs in self.node_addresses.items() if not devs & devices]:
             del self.node_addresses[addr]
         self.unsupported = dump.unsupported
+        queued = set(self.orphans)  # forgotten, their removal not sent yet: not the CNI's rules
         for rule in dump.rules:
-            self._protect_rule(rule)
+            if rule not in queued:
+                self._protect_rule(rule)
         for route in dump.routes:
             self._protect_route(route)
         # After merging: an orphan's rules are in the dump, and must end up forgotten, not re-protected.

@@ -27,6 +27,7 @@ mkdir "$src"
 # The working tree's files (not only what is committed), without caches.
 cp -r "$root/pyproject.toml" "$root/README.md" "$root/netd_hook" "$root/units" "$src/"
 cp -r "$root/packaging/debian" "$src/debian"
+cp -r "$root/packaging/prometheus" "$src/prometheus"
 find "$src" \( -name __pycache__ -o -name '*.pyc' \) -prune -exec rm -rf {} +
 
 log=$out/netd-hook_${version}_all.build.log

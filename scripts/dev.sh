@@ -16,6 +16,18 @@ deb_build_packages() {  # what packaging/build-deb.sh and lintian need, when mis
     done
 }
 
+no_prometheus_server() {
+    # The prometheus package's postinst enables prometheus.service and starts the server: with
+    # systemd as PID 1 through systemctl, without it through /etc/init.d/prometheus (unless
+    # policy-rc.d forbids, as it does in most containers). A test machine runs no Prometheus
+    # (it would listen on :9090); only promtool is wanted.
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || true  # by its pid file; nothing if not running
+    fi
+}
+
 need_os_packages() {
     local missing=()
     [ -x /lib/systemd/systemd-networkd ] || missing+=(systemd)
@@ -30,11 +42,15 @@ need_os_packages() {
     # The package tests (tests/test_package.py) build the .deb with Debian's own python3.
     /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     missing+=($(deb_build_packages))
+    # promtool, for the alerting rules' tests (tests/test_alerts.py): Debian ships it only in the
+    # prometheus package, the server with it; without its Recommends (prometheus-node-exporter).
+    command -v promtool >/dev/null || missing+=(prometheus)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing OS packages: ${missing[*]}" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        case " ${missing[*]} " in *" prometheus "*) no_prometheus_server ;; esac
     fi
     getent passwd systemd-network >/dev/null || {
         echo "no systemd-network user: is systemd installed?" >&2; exit 1; }

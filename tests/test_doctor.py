@@ -521,6 +521,122 @@ def cured(root: Path) -> None:
     put(root, f"{ETC_D}/80-netd-hook.conf", doctor.CURE_BODY)
 
 
+# The drop-ins kops and Amazon Linux 2023 write (kops nodeup disableManageForeignRoutes(); the EKS
+# AL2023 AMI's templates/al2023/runtime/rootfs/etc/systemd/networkd.conf.d/80-release.conf; both
+# wrote /usr/lib/systemd/networkd.conf.d/80-release.conf before), comments and blank lines included.
+KOPS_BODY = ("\n# Do not clobber any routes or rules added by CNI.\n[Network]\nManageForeignRoutes=no\n"
+             "ManageForeignRoutingPolicyRules=no\n")
+AL2023_BODY = ("# Make networkd ignore foreign settings, otherwise it may unexpectedly delete IP\n"
+               "# rules and routes added by CNI.\n[Network]\nManageForeignRoutes=no\n"
+               "ManageForeignRoutingPolicyRules=no\n")
+CURED_252 = ("cured: networkd deletes none of the CNI's rules or routes; netd-hook still guards the ENI table routes "
+             "the kernel flushes when networkd re-adds an ENI's address (systemd 252: networkctl reconfigure, "
+             "networkd restart, carrier loss)")
+
+
+@pytest.mark.parametrize(("rel", "body"), [
+    ("etc/systemd/networkd.conf.d/80-release.conf", AL2023_BODY),
+    ("usr/lib/systemd/networkd.conf.d/40-disable-manage-foreign-routes.conf", KOPS_BODY),
+    ("usr/lib/systemd/networkd.conf.d/80-release.conf", KOPS_BODY),
+], ids=["al2023", "kops", "kops-before"])
+def test_the_kops_and_al2023_drop_ins_make_the_node_cured(tmp_path: Path, rel: str, body: str) -> None:
+    installed(tmp_path)
+    put(tmp_path, rel, body)
+    facts = doctor.read_tree(tmp_path, 252)
+    findings = doctor.assess(facts, status.Probe(True, fresh_status()), NOW - 30, NOW)
+    f = one(findings, "networkd.cured")
+    assert (f.severity, f.summary) == (Severity.OK, CURED_252)
+    assert f.detail.startswith(f"ManageForeignRoutingPolicyRules=no in /{rel}:5; ManageForeignRoutes=no in /{rel}:4. ")
+    assert "Links networkd manages now (from netd-hook's status): eth0, eth1." in f.detail
+    assert f.detail.endswith("netd-hook re-reads the kernel once networkd settles and puts them back.")
+    assert doctor.exit_code(findings) == 0
+    assert doctor.render_text(findings).splitlines()[-1] == (
+        "2 info, 11 ok: cured: networkd deletes none of the CNI's rules or routes; netd-hook guards the ENI table "
+        "routes the kernel flushes")
+    doc = doctor.to_json(findings, facts)
+    assert doc["cured"] is True and doc["exit_code"] == 0
+
+
+@pytest.mark.parametrize(("version", "drops"), [
+    (249, "systemd 249: networkctl reconfigure, carrier loss"),
+    (252, "systemd 252: networkctl reconfigure, networkd restart, carrier loss"),
+    (257, "systemd 257: carrier loss"),
+    (255, "networkctl reconfigure, networkd restart or carrier loss, depending on the systemd version"),
+    (None, "networkctl reconfigure, networkd restart or carrier loss, depending on the systemd version"),
+])
+def test_what_a_cured_node_still_loses_depends_on_networkds_version(tmp_path: Path, version: int | None,
+                                                                    drops: str) -> None:
+    """Measured on the booted nodes (tests/test_booted_cured.py): the moments networkd takes a
+    managed ENI's address away, when the kernel flushes the ENI's table."""
+    uncured = tmp_path / "uncured"
+    installed(uncured)
+    routes = one(doctor.assess(doctor.read_tree(uncured, version), status.Probe(True, fresh_status()), NOW - 30, NOW),
+                 ROUTES)
+    assert f"the kernel flushes them: {drops})" in routes.detail
+    cured(tmp_path)
+    f = one(doctor.assess(doctor.read_tree(tmp_path, version), status.Probe(True, fresh_status()), NOW - 30, NOW),
+            "networkd.cured")
+    assert f.summary.endswith(f"when networkd re-adds an ENI's address ({drops})")
+
+
+def test_a_cured_node_without_netd_hook_says_nothing_puts_the_routes_back(tmp_path: Path) -> None:
+    cured(tmp_path)
+    findings = doctor.assess(doctor.read_tree(tmp_path, 249), None, None, NOW)
+    f = one(findings, "networkd.cured")
+    assert f.severity is Severity.INFO
+    assert f.summary == ("cured: networkd deletes none of the CNI's rules or routes, but nothing puts back the ENI "
+                         "table routes the kernel flushes when networkd re-adds an ENI's address (systemd 249: "
+                         "networkctl reconfigure, carrier loss): netd-hook is not running")
+    assert "Links networkd manages now" not in f.detail  # a dead daemon's links are history
+    assert f.detail.endswith("they stay gone until the CNI re-creates them (aws-node restarted).")
+    assert doctor.exit_code(findings) == 0
+    assert doctor.render_text(findings).splitlines()[-1].endswith(
+        ": cured: networkd deletes none of the CNI's rules or routes; nothing guards the ENI table routes the "
+        "kernel flushes (netd-hook is not running)")
+
+
+def test_half_a_cure_is_no_cure(tmp_path: Path) -> None:
+    installed(tmp_path)
+    probe = status.Probe(True, fresh_status())
+    for body in ("[Network]\nManageForeignRoutingPolicyRules=no\n", "[Network]\nManageForeignRoutes=no\n",
+                 "[Network]\nManageForeignRoutingPolicyRules=no\nManageForeignRoutes=no\nManageForeignRoutes=yes\n"):
+        put(tmp_path, f"{ETC_D}/50-a.conf", body)
+        facts = doctor.read_tree(tmp_path, 252)
+        findings = doctor.assess(facts, probe, NOW - 30, NOW)
+        assert not by_check(findings, "networkd.cured"), body
+        assert doctor.to_json(findings, facts)["cured"] is False
+        assert "cured" not in doctor.render_text(findings).splitlines()[-1]
+    put(tmp_path, f"{ETC_D}/50-a.conf", doctor.CURE_BODY)
+    assert by_check(doctor.assess(doctor.read_tree(tmp_path, 252), probe, NOW - 30, NOW), "networkd.cured")
+    # before 249 there is no rule wipe to cure
+    assert not by_check(doctor.assess(doctor.read_tree(tmp_path, 248), probe, NOW - 30, NOW), "networkd.cured")
+
+
+def ubuntu_layout(root: Path) -> None:
+    """Ubuntu's common layout: the primary managed (netplan's file), the secondaries Unmanaged=yes."""
+    put(root, "run/systemd/network/10-netplan-eth0.network", "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n")
+    for i in (1, 2):
+        put(root, f"etc/systemd/network/10-eth{i}.network", f"[Match]\nName=eth{i}\n\n[Link]\nUnmanaged=yes\n")
+
+
+def test_unmanaged_secondaries_keep_their_routes_but_not_the_rules(tmp_path: Path) -> None:
+    installed(tmp_path)
+    ubuntu_layout(tmp_path)
+    findings = doctor.assess(doctor.read_tree(tmp_path, 249), status.Probe(True, fresh_status()), NOW - 30, NOW)
+    f = one(findings, "networkd.unmanaged")
+    assert f.severity is Severity.INFO
+    assert f.summary == ("Unmanaged=yes in 10-eth1.network (Name=eth1), 10-eth2.network (Name=eth2): networkd leaves "
+                         "those links' addresses and routes alone, but not the rules: the rule wipe is manager-wide")
+    assert "amazon-vpc-cni-k8s #1600" in f.detail and "an ENI table on them survives" in f.detail
+    assert one(findings, RULES).severity is Severity.WARNING  # still wiped, still guarded
+    assert not by_check(findings, "networkd.cured")
+    # cured as well: nothing left to say about Unmanaged=yes but that such a link keeps its table
+    put(tmp_path, f"{ETC_D}/80-netd-hook.conf", doctor.CURE_BODY)
+    findings = doctor.assess(doctor.read_tree(tmp_path, 249), status.Probe(True, fresh_status()), NOW - 30, NOW)
+    assert not by_check(findings, "networkd.unmanaged")
+    assert "(Unmanaged=yes) keeps its address and its table" in one(findings, "networkd.cured").detail
+
+
 def test_a_stuck_link_is_a_warning_naming_it_and_since_when(tmp_path: Path) -> None:
     cured(tmp_path)
     calm = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status()), NOW - 30, NOW)
@@ -602,7 +718,8 @@ def test_real_lock_and_published_status(tmp_path: Path) -> None:
         f"asking for netd-hook's status in {runtime}…",
     ]
     text = doctor.render_text(findings)
-    assert text.splitlines()[-1] == "2 info, 10 ok: no problems found"
+    assert text.splitlines()[-1] == ("2 info, 11 ok: cured: networkd deletes none of the CNI's rules or routes; "
+                                     "netd-hook guards the ENI table routes the kernel flushes")
     assert "fix:" not in text
     # the lock released: the same files now say "not running"
     _, findings = doctor.run(root, runtime, state, now, 252, lambda _line: None)

@@ -204,3 +204,26 @@ def test_the_eni_primary_rule_is_never_an_orphan_while_its_address_is_briefly_aw
     # only its ENI going away for good ends it (and even then netd-hook deletes nothing)
     t.apply(Change(False, Link(3, "eth1"), 0), Cause.KERNEL)
     assert t.orphans == []
+
+
+def test_a_re_dump_does_not_protect_again_an_orphan_queued_for_removal() -> None:
+    """Found on the booted 249 node (networkctl reload): netd-hook restored a pod's rule after
+    networkd's wipe, the CNI then deleted the pod (its host route); the rule was forgotten and
+    queued for removal, but a kernel re-read in the same wake-up protected it again, so a later
+    wipe could replay a rule the CNI deleted on purpose (for an address it may give to the next pod)."""
+    from netd_hook.model import Rule
+    from netd_hook.netlink import Change, Dump, HostRoute, Link
+    from netd_hook.scope import Scope
+    from netd_hook.track import Cause
+
+    x = "10.1.2.1"
+    r512 = Rule(2, 512, 254, dst=f"{x}/32")
+    t = Tracker(Scope())
+    t.load(Dump(rules=[r512], host_routes=[HostRoute(x, "enia")], links=[Link(9, "enia")]))
+    t.apply(Change(False, r512, 1), Cause.NETWORKD)  # networkd's wipe
+    t.apply(Change(True, r512, 77), Cause.SELF)  # netd-hook's replay
+    t.apply(Change(False, HostRoute(x, "enia"), 55), Cause.OTHER)  # CNI DEL: the host route
+    assert t.orphans == [r512] and not t.protects(r512)
+    t.load(Dump(rules=[r512], links=[Link(9, "enia")]))  # the verification, before the removal is sent
+    t.apply(Change(False, r512, 77), Cause.SELF)  # the removal's echo
+    assert not t.protects(r512) and r512 not in t.snapshot().rules

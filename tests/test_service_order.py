@@ -222,3 +222,35 @@ def test_what_the_kernel_refused_is_tried_again_after_a_second_without_waiting_f
     anyio.run(svc._retry_set_aside, at)
     assert writer.sent == [2, 1, 1, 1] and not svc.set_aside and svc.set_aside_retry_at is None
     assert svc.set_aside_delay == 1.0  # nothing set aside any more: the next failure waits 1 s again
+
+
+def test_an_enis_address_going_makes_the_daemon_look_for_the_routes_the_kernel_dropped_silently(
+        tmp_path: Path, kept: list[Any]) -> None:
+    """A carrier loss (or a cured node's reconfigure): networkd takes eth1's address away, the
+    kernel drops table 2's routes through eth1 without a notification, the link stays
+    `configured`. Only the address's local route going is seen; status said nothing was missing
+    until the carrier came back."""
+    from netd_hook.netlink import LocalAddress
+    from tests.fixtures import eni_routes
+
+    svc, writer, _ = _service(tmp_path, kept)
+    _settled(svc)
+    routes = eni_routes(ETH1 - 2)  # via eth1, table 2: looked up by the pods' 1536 rules
+    rules = pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.6", 2)
+    tracker = Tracker(configmod.Config().scope, Snapshot(frozenset(rules), frozenset(routes)))
+    tracker.load(Dump(rules=rules, routes=routes, links=[Link(ETH1, "eth1"), Link(9, "enia1b2c3d4e5f")],
+                      host_routes=[HostRoute("10.1.1.5", "enia1b2c3d4e5f"), HostRoute("10.1.1.6", "enia1b2c3d4e5f")]))
+    svc.tracker = tracker
+    assert tracker.guards_routes_via("eth1") and not tracker.guards_routes_via("eth2")
+
+    async def resync() -> Plan:  # the kernel: the routes gone with the address
+        tracker.load(Dump(rules=rules, links=[Link(ETH1, "eth1"), Link(9, "enia1b2c3d4e5f")],
+                          host_routes=[HostRoute("10.1.1.5", "enia1b2c3d4e5f"),
+                                       HostRoute("10.1.1.6", "enia1b2c3d4e5f")]))
+        return svc._plan()
+    svc._resync = resync  # type: ignore[method-assign]
+
+    anyio.run(svc._handle, [Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT)], 0.0)
+    assert writer.sent == [2]  # both routes, at once (the link is still `configured`)
+    anyio.run(svc._handle, [Change(False, LocalAddress("10.0.2.10", "eth2"), NETWORKD_PORT)], 0.0)
+    assert writer.sent == [2]  # no protected route through eth2: nothing to look for
