@@ -59,7 +59,7 @@ from .track import Cause, Tracker, classify
 
 log = logging.getLogger(__name__)
 
-SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync
+SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync a second
 PUBLISH_INTERVAL = 0.5  # status.json and metrics during pod churn; changes that matter go out at once
 HEARTBEAT = 30.0  # re-publish this often even when nothing changed (doctor calls older "stale")
 NETLINK_RETRY = 1.0  # after a dump or batch failed twice in a row
@@ -150,6 +150,7 @@ class Service:
         self.wake_at: float | None = None
         self.save_at: float | None = None
         self.saved_version = -1
+        self.save_tried_at = -math.inf  # loop clock of the last snapshot write
         self.saved_at: float | None = None  # wall clock of the last snapshot written
         self.failing: dict[str, store.Failing] = {}  # "snapshot", "status", "metrics": writes failing now
         self.last_repair: RepairRecord | None = None
@@ -304,9 +305,12 @@ class Service:
             if self.tracker.fresh:
                 self._warm()
             if self.tracker.version != self.saved_version and self.save_at is None:
-                self.save_at = now + SAVE_DELAY
+                # The first change after a quiet second is written at once, before the status says
+                # it is protected (a crash then loses nothing); a burst costs one write a second.
+                self.save_at = max(now, self.save_tried_at + SAVE_DELAY)
             if self.save_at is not None and now >= self.save_at:
                 self.save_at = None
+                self.save_tried_at = now
                 version, snap = self.tracker.version, self.tracker.snapshot()  # on the loop: no races
                 try:
                     await anyio.to_thread.run_sync(store.save, self.state_dir, snap, self.boot.id)

@@ -17,10 +17,11 @@ pods on the primary and two secondary ENIs); its fixtures and helpers are reused
   249 wipes every foreign rule from `link_carrier_lost()`, and netd-hook repairs at once but
   for eth1's ENI-primary rule, whose address networkd took away with the carrier; 252 and 257
   delete no rule. All three take eth1's address away (the kernel flushes eth1's table routes,
-  without a notification) and configure it again when the carrier returns.
-- A known gap, as a strict xfail: a pod netd-hook learned in the second before it is killed is
-  not in its snapshot file yet (writes are coalesced for a second), so a wipe while it is down
-  is never repaired for that pod, and the restarted daemon reports nothing missing.
+  without a notification: netd-hook sees the address go and puts them back) and configure it
+  again when the carrier returns.
+- A pod netd-hook learned just before it is killed: in its snapshot file already (the first
+  change after a quiet second is written before the status says it is protected), so a wipe
+  while netd-hook is down is repaired for that pod too at the restart.
 
 Every verdict reads the kernel inside the node (`ip -j`); outages are measured by the netlink
 observer inside the node (tests/node.py's Observer), and printed (run with -s to see them).
@@ -34,8 +35,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import pytest
 
 from tests import node as nodemod
 from tests import test_booted as booted_tier
@@ -309,18 +308,13 @@ def test_carrier_loss_of_a_secondary_eni(booted: Node) -> None:
           f"carrier down -> whole {ms(t_down, last_add(after, [2, 3]))}")
 
 
-class NotRepaired(AssertionError):
-    """The outcome the xfail below is about (any other failure is a real one)."""
-
-
-@pytest.mark.xfail(strict=True, raises=NotRepaired, reason=(
-    "known gap: the snapshot file is written SAVE_DELAY (1 s) after a change (netd_hook/service.py); "
-    "a pod learned in that second before a crash is in neither the file nor the wiped kernel at the "
-    "restart, so it is never repaired, and status says nothing is missing"))
 def test_a_pod_added_just_before_netd_hook_is_killed_is_repaired_at_its_restart(booted: Node) -> None:
-    """CNI ADD of a pod on eth1; netd-hook protects it (its status.json says so); within the
-    second before its snapshot file is written, netd-hook is SIGKILLed with a reconfigure of eth1.
-    The pod is alive (host route in place), so its rules should be back after the restart."""
+    """CNI ADD of a pod on eth1; as soon as netd-hook's status.json says it protects it,
+    netd-hook is SIGKILLed with a reconfigure of eth1. The pod is alive (host route in place), so
+    its rules must be back after the restart. Until 0.3.0 the snapshot was written a second
+    after a change: the pod was in neither the file nor the wiped kernel at the restart, it was
+    never repaired, and status said nothing was missing. Now the first change after a quiet
+    second is written before the status says it is protected."""
     n = booted
     full = n.baseline
     wait_saved(n)  # the rest of the layout is in the file: only the new pod is in the window
@@ -334,20 +328,15 @@ def test_a_pod_added_just_before_netd_hook_is_killed_is_repaired_at_its_restart(
                    5, "netd-hook to protect the new pod", 0.01)
         with Observer(n) as obs:
             n.sh(f"networkctl reconfigure eth1 & kill -KILL {old}; wait")
-            saved = json.loads(n.read_file("/var/lib/netd-hook/snapshot.json"))
-            # the premise: the file did not have the new pod yet (else this tests nothing)
-            assert not [r for r in saved["rules"] if ip in json.dumps(r)], "the snapshot was already written"
             obs.wait_for(lambda ev: len(rule_deletions(ev, port)) >= want_rules, WIPE_TIMEOUT, "networkd's wipe")
             wait_restarted(n, "netd-hook", old)
             n.wait_settled()
             time.sleep(1.0)
         rules, routes = n.missing()
         st = status(n)
-        assert not routes and all(ip in str(r) for r in rules), explain(n, "after the restart")
-        if rules:
-            raise NotRepaired(f"{len(rules)} rules of live pod {ip} never came back; the restarted daemon says "
-                              f"missing={st.get('missing')}, forgotten={st['forgotten']['total']}, "
-                              f"doubt={st['forgotten']['doubt']}")
+        assert not routes and not rules, (f"{len(rules)} rules of live pod {ip} never came back; the restarted "
+                                          f"daemon says missing={st.get('missing')}, forgotten="
+                                          f"{st['forgotten']['total']}\n" + explain(n, "after the restart"))
     finally:
         n.del_pod(ip)  # CNI DEL; the next test's fixture puts back anything else missing
         n.baseline = full
