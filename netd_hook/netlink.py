@@ -18,13 +18,21 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from .kernel import BatchResult as BatchResult  # re-exported: the adapters' callers get them here too
+from .kernel import Change as Change
+from .kernel import Dump as Dump
+from .kernel import HostRoute as HostRoute
+from .kernel import Item as Item
+from .kernel import Link as Link
+from .kernel import LocalAddress as LocalAddress
+from .kernel import Unsupported as Unsupported
 from .model import (
     AF_INET,
     AF_INET6,
@@ -39,6 +47,7 @@ from .model import (
 )
 
 log = logging.getLogger(__name__)
+
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -81,70 +90,6 @@ class NetlinkError(Exception):
     def __init__(self, message: str, code: int = 0) -> None:
         super().__init__(message)
         self.errno = code
-
-
-# Decoded kernel objects ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HostRoute:
-    """`<addr> dev <oif> scope link` in main: a pod's host route (or any host route)."""
-
-    addr: str
-    oif: str
-
-
-@dataclass(frozen=True, slots=True)
-class LocalAddress:
-    """`local <addr> dev <oif> table local`: an address configured on this node."""
-
-    addr: str
-    oif: str
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    index: int
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unsupported:
-    what: str
-
-
-Item = Rule | Route | HostRoute | LocalAddress | Link | Unsupported
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    new: bool
-    item: Item
-    port: int  # nlmsg_pid: the port id of the socket whose request caused it (0: the kernel)
-
-
-@dataclass(slots=True)
-class Dump:
-    rules: list[Rule] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)
-    host_routes: list[HostRoute] = field(default_factory=list)
-    local_addresses: list[LocalAddress] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
-    unsupported: int = 0
-
-    def add(self, item: Item) -> None:
-        if isinstance(item, Rule):
-            self.rules.append(item)
-        elif isinstance(item, Route):
-            self.routes.append(item)
-        elif isinstance(item, HostRoute):
-            self.host_routes.append(item)
-        elif isinstance(item, LocalAddress):
-            self.local_addresses.append(item)
-        elif isinstance(item, Link):
-            self.links.append(item)
-        else:
-            self.unsupported += 1
 
 
 def _prefix(addr: str, length: int) -> str:
@@ -671,14 +616,6 @@ async def monitor(sock: socket.socket, names: dict[int, str]) -> AsyncIterator[l
 ACK_ROOM = 1024  # receive buffer each ack costs (~830 bytes measured), rounded up
 
 
-@dataclass(slots=True)
-class BatchResult:
-    acked: list[int] = field(default_factory=list)  # indexes the kernel applied (error 0)
-    existed: list[int] = field(default_factory=list)  # EEXIST: already there, counts as present
-    failed: list[tuple[int, int]] = field(default_factory=list)  # (index, errno)
-    unknown: str | None = None  # why the outcome is unknown (ENOBUFS, timeout): re-dump
-
-
 class FaultyWriter:
     """Test hook: the `nth` rule message of the first batch that has one goes out with an
     address family no kernel knows, so the kernel itself fails it (EAFNOSUPPORT) mid-batch.
@@ -771,10 +708,12 @@ class BatchWriter:
         return got
 
     def _drain(self) -> None:
-        """Drop stale acks of an earlier batch that timed out."""
+        """Drop stale acks of an earlier batch that timed out. Dropped acks (ENOBUFS) are no
+        matter; any other error is the socket's for good (EBADF, say): raised, never looped on."""
         while True:
             try:
                 if _recv(self.sock) is None:
                     return
-            except OSError:
-                continue
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise NetlinkError(f"batch socket: {exc.strerror or exc}", exc.errno or 0) from exc

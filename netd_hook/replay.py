@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .kernel import BatchResult
 from .model import Entry, Route, Rule
-from .netlink import BatchResult
 from .plan import Plan
 
 log = logging.getLogger(__name__)

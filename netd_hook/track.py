@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from enum import Enum
 
+from .kernel import Change, Dump, HostRoute, Link, LocalAddress, Unsupported
 from .model import Entry, Route, Rule, Snapshot
-from .netlink import Change, Dump, HostRoute, Link, LocalAddress, Unsupported
 from .plan import Liveness
 from .scope import Scope, route_in_scope, rule_in_scope
 

@@ -524,3 +524,28 @@ def test_a_read_only_runtime_directory_at_start(tmp_path: Path, lock_exists: boo
     else:
         assert r.returncode == 1, r.stderr
         assert f"{rundir}/daemon.lock: cannot create the daemon lock: Read-only file system" in r.stderr
+
+
+def test_a_batch_socket_broken_for_good_raises_instead_of_spinning() -> None:
+    """Found by reading (issue 12): draining stale acks went `except OSError: continue`, so an
+    error that never goes away (EBADF) spun the loop forever at 100 % CPU."""
+    import threading
+
+    from netd_hook.netlink import BatchWriter, NetlinkError
+
+    sock = netlink.open_socket()
+    writer = BatchWriter(sock)
+    os.close(sock.fileno())  # the fd is gone under the socket object: every recv is EBADF
+    raised: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            writer._drain()
+        except BaseException as exc:
+            raised.append(exc)
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    t.join(2)
+    sock.detach()
+    assert not t.is_alive(), "still spinning after 2 s"
+    assert len(raised) == 1 and isinstance(raised[0], NetlinkError) and raised[0].errno == errno.EBADF

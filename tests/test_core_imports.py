@@ -1,0 +1,29 @@
+"""The pure core imports no adapter (issue 12): model, scope, plan, decide, track, the kernel's
+plain data and the forgetting ledger load neither pyroute2 nor dbus-fast nor anyio, so that
+they are tested, and reasoned about, without any of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.daemon import ROOT
+
+CORE = ["model", "scope", "plan", "decide", "track", "kernel", "forgotten", "replay"]
+ADAPTER_PACKAGES = ("pyroute2", "dbus_fast", "anyio")
+
+
+def test_the_core_loads_no_adapter_package() -> None:
+    code = ("import json, sys\n"
+            + "".join(f"import netd_hook.{m}\n" for m in CORE)
+            + f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {ADAPTER_PACKAGES!r})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(r.stdout) == []
+
+
+def test_the_check_sees_an_adapter_when_one_is_loaded() -> None:
+    """The same check, with netlink.py: it does load pyroute2 (else the test above proves nothing)."""
+    code = "import json, sys\nimport netd_hook.netlink\nprint(json.dumps('pyroute2' in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(r.stdout) is True
