@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from . import __version__, ops, render, status
+from . import __version__, netlink, ops, render, status
 from . import config as configmod
 
 EXIT_OK = 0
@@ -131,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         print(f"netd-hook: {exc}; run it as root (it needs CAP_NET_ADMIN)", file=sys.stderr)
         return EXIT_PROBLEM
+    except netlink.NetlinkError as exc:  # a dump that kept being interrupted (NLM_F_DUMP_INTR), say
+        print(f"netd-hook: cannot read the kernel's rules and routes: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     raise AssertionError(args.command)
 
 
 def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
-    from . import netlink
     from .journal import AuditSink, Notifier
     from .service import NetworkdSocketGone, Service
     from .service import log as service_log
@@ -333,7 +335,12 @@ def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path, run
         snap = ops.read_snapshot(state_dir, runtime_dir)
     except ops.OpsError as exc:
         return "", f"cannot read the snapshot: {exc}"
-    chk = ops.check_now(snap, cfg.scope)
+    try:
+        chk = ops.check_now(snap, cfg.scope)
+    except ops.OpsError as exc:  # networkd's link states cannot be read: the gate cannot decide
+        return "", str(exc)
+    except netlink.NetlinkError as exc:
+        return "", f"cannot read the kernel's rules and routes: {exc}"
     return (f"the kernel still misses {len(chk.plan)} protected entries" if len(chk.plan) else ""), ""
 
 if __name__ == "__main__":

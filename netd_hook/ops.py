@@ -16,16 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import netlink, status, store
-from .model import FormatError, Route, Rule, Snapshot, load_saved_file
+from . import links, netlink, status, store
+from .model import FormatError, Route, Rule, Snapshot, load_saved_file, read_regular
 from .plan import Plan, plan
-from .replay import Outcome, execute
+from .replay import Outcome, Writer, execute
 from .scope import Scope
 from .store import SNAPSHOT_FILE
 from .track import Tracker
 
 REPLAY_LOCK = "replay.lock"
 NETIF_LINKS = Path("/run/systemd/netif/links")  # networkd's own per-link state files
+LINK_STATE_LIMIT = 1 << 20  # a few hundred bytes each (DNS, NTP and addresses lists included)
 MAIN = 254
 
 Progress = Callable[[str], None]
@@ -57,19 +58,33 @@ def read_snapshot(state_dir: Path, runtime_dir: Path, boot: store.Boot | None = 
 
 
 def networkd_link_states(root: Path = NETIF_LINKS) -> dict[str, str]:
-    """Link index (as text) -> networkd's ADMIN_STATE, from networkd's state files (no bus needed)."""
-    states: dict[str, str] = {}
+    """Link index (as text) -> networkd's ADMIN_STATE, from networkd's state files (no bus needed).
+
+    The liveness gate calls a pod alive while its host route is on a link networkd does not
+    manage: a link whose state cannot be read would count as unmanaged, and every pod as alive.
+    So a directory or a file that cannot be read, or a file without ADMIN_STATE (networkd writes
+    each one whole: link_save, networkd-state-file.c, temporary file then rename), raises OpsError
+    saying that it cannot tell. Only a file that vanished (its link went away) is skipped."""
+    cannot = "cannot tell which links systemd-networkd manages, so cannot tell which pods are alive"
     try:
         files = [f for f in root.iterdir() if f.name.isdigit()]
-    except OSError:
-        return states
+    except OSError as exc:
+        hint = ("; is systemd-networkd running on this node, and is /run/systemd visible here?"
+                if isinstance(exc, FileNotFoundError) else "")
+        raise OpsError(f"cannot read networkd's link states in {root}: {exc.strerror or exc}: {cannot}{hint}") from None
+    states: dict[str, str] = {}
     for f in files:
         try:
-            lines = f.read_text().splitlines()
-        except OSError:
+            # bounded and never blocking, like every file this package reads (a FIFO, /dev/zero)
+            lines = read_regular(f, LINK_STATE_LIMIT).decode(errors="replace").splitlines()
+        except FileNotFoundError:
             continue  # the link went away meanwhile
+        except OSError as exc:
+            raise OpsError(f"cannot read networkd's link state {f}: {exc.strerror or exc}: {cannot}") from None
         values = dict(line.split("=", 1) for line in lines if "=" in line)
-        states[f.name] = values.get("ADMIN_STATE", "")
+        if not values.get("ADMIN_STATE"):
+            raise OpsError(f"networkd's link state {f} has no ADMIN_STATE: {cannot}")
+        states[f.name] = values["ADMIN_STATE"]
     return states
 
 
@@ -129,9 +144,9 @@ def _check(t: Tracker, managed: frozenset[str]) -> Check:
 
 
 def managed_links(dump: netlink.Dump, states_by_index: Mapping[str, str]) -> frozenset[str]:
-    """Links networkd manages (anything but `unmanaged`), by name; indexes resolved by the dump."""
+    """Links networkd manages (links.managed), by name; indexes resolved by the dump."""
     names = {str(link.index): link.name for link in dump.links}
-    return frozenset(names[i] for i, st in states_by_index.items() if i in names and st and st != "unmanaged")
+    return frozenset(names[i] for i in links.managed(states_by_index) if i in names)
 
 
 def dump_kernel() -> netlink.Dump:
@@ -171,15 +186,17 @@ class ReplayResult:
 
 
 async def replay(state_dir: Path, runtime_dir: Path, scope: Scope, states: Mapping[str, str], *, dry_run: bool,
-                 timeout: float, max_attempts: int, progress: Progress) -> ReplayResult:
+                 timeout: float, max_attempts: int, progress: Progress,
+                 dump: Callable[[], netlink.Dump] = dump_kernel, writer: Writer | None = None) -> ReplayResult:
+    """`dump` reads the kernel; `writer` sends the batches (by default a netlink socket of its own)."""
     snap = read_snapshot(state_dir, runtime_dir)
     progress(f"snapshot: {len(snap.rules)} rules, {len(snap.routes)} routes")
     with replay_lock(state_dir, progress):
         started = time.perf_counter()
         progress("reading the kernel's rules and routes…")
-        dump = dump_kernel()
-        t = _tracker(snap, dump, scope)
-        chk = _check(t, managed_links(dump, states))
+        first = dump()
+        t = _tracker(snap, first, scope)
+        chk = _check(t, managed_links(first, states))
         res = ReplayResult(chk)
         n = len(chk.plan)
         progress(f"{n} entries to restore, {len(chk.plan.skipped)} held back by the liveness gate")
@@ -187,18 +204,31 @@ async def replay(state_dir: Path, runtime_dir: Path, scope: Scope, states: Mappi
             return res
         progress(f"sending {n} entries in one netlink batch…")
         encoder = netlink.Encoder()
-        sock = netlink.open_socket()
-        try:
-            writer = netlink.BatchWriter(sock)
+        # Every request is encoded with the devices' indexes as the latest dump has them: after a
+        # re-plan (a batch's outcome unknown) a device may have come back with a new index.
+        latest = [t]
 
-            async def replan() -> Plan:
-                return check_now(snap, scope, states).plan
+        async def replan() -> Plan:
+            fresh = dump()
+            latest[0] = _tracker(snap, fresh, scope)
+            return _check(latest[0], managed_links(fresh, states)).plan
 
-            res.outcome = await execute(chk.plan, lambda e: encoder.add_request(e, t.ifindex),
-                                        lambda e: netlink.delete_request(e, t.ifindex),
-                                        writer, timeout=timeout, max_attempts=max_attempts, replan=replan)
-        finally:
-            sock.close()
+        def ifindex(name: str) -> int | None:
+            return latest[0].ifindex(name)
+
+        async def run(w: Writer) -> Outcome:
+            return await execute(chk.plan, lambda e: encoder.add_request(e, ifindex),
+                                 lambda e: netlink.delete_request(e, ifindex),
+                                 w, timeout=timeout, max_attempts=max_attempts, replan=replan)
+
+        if writer is not None:
+            res.outcome = await run(writer)
+        else:
+            sock = netlink.open_socket()
+            try:
+                res.outcome = await run(netlink.BatchWriter(sock))
+            finally:
+                sock.close()
         res.duration_ms = (time.perf_counter() - started) * 1000
         return res
 

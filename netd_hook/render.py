@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .links import is_managed
 from .model import Route, Rule
 from .ops import MAIN, Check, Groups, ReplayResult
 from .plan import Plan
@@ -84,7 +85,7 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
                  f"generation {nd.get('generation', 0)}; {how}")
     links = section(nd, "links")
     if links:
-        managed = [f"{name} {state}" for name, state in links.items() if state != "unmanaged"]
+        managed = [f"{name} {state}" for name, state in links.items() if is_managed(state)]
         unmanaged = len(links) - len(managed)
         lines.append("   links: " + ", ".join(managed or ["none managed"])
                      + (f"; {unmanaged} unmanaged (pod veths, lo)" if unmanaged else ""))

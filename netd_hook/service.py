@@ -39,6 +39,7 @@ from .journal import (
     snapshot_rebuilt_audit,
     watchdog_interval,
 )
+from .links import managed
 from .model import Entry, Route, Rule
 from .netlink import (
     BatchWriter,
@@ -52,7 +53,7 @@ from .netlink import (
     Unsupported,
 )
 from .networkd import BusCounters, Counted, OwnerPid, watch
-from .plan import Plan, plan
+from .plan import Plan, gate_route, gate_rule, plan
 from .procfs import NetworkdPorts
 from .replay import Outcome, execute
 from .track import Cause, Tracker, classify
@@ -549,19 +550,44 @@ class Service:
     # actions --------------------------------------------------------------------------------
 
     def _managed(self) -> frozenset[str]:
-        return frozenset(
-            self.tracker.links[i] for i, st in self.state.links.items()
-            if st != "unmanaged" and i in self.tracker.links
-        )
+        names = self.tracker.links
+        return frozenset(names[i] for i in managed(self.state.links) if i in names)
+
+    def _held(self) -> set[Entry]:
+        """What no plan restores: set aside (the kernel refused it), held back after an overrun."""
+        t = self.tracker
+        if self.unattributed:  # back (someone re-added them, or a one-shot replay), or no longer protected
+            self.unattributed = {e for e in self.unattributed if t.protects(e) and e not in t.present_rules
+                                 and e not in t.present_routes}
+        return self.set_aside | self.unattributed if self.unattributed else self.set_aside
 
     def _plan(self, trust_routes: bool = True) -> Plan:
         t = self.tracker
         routes = t.present_routes if trust_routes else ()
-        if self.unattributed:  # back (someone re-added them, or a one-shot replay), or no longer protected
-            self.unattributed = {e for e in self.unattributed if t.protects(e) and e not in t.present_rules
-                                 and e not in t.present_routes}
-        held = self.set_aside | self.unattributed if self.unattributed else self.set_aside
-        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), held)
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self._held())
+
+    def _missing(self) -> tuple[int, int]:
+        """`len(p)` and `len(p.skipped)` of `p = self._plan()`, for status.json (up to twice a
+        second). Neither copies the snapshot nor hashes each of its 10,000 entries again in Python
+        (plan() looks every protected entry up in the kernel's view): the set differences use the
+        hashes the sets keep, so only what is missing costs a Python step and a gate."""
+        t = self.tracker
+        held = self._held()
+        live = t.liveness(self._managed())
+        missing = skipped = 0
+        for rule in t.rules - t.present_rules - held:
+            if gate_rule(rule, live) is None:
+                missing += 1
+            else:
+                skipped += 1
+        for route in t.routes - t.present_routes - held:
+            if not t.protects(route):
+                continue  # no protected rule looks up its table
+            if gate_route(route, live) is None:
+                missing += 1
+            else:
+                skipped += 1
+        return missing, skipped
 
     async def _resync(self) -> Plan:
         self.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, self.dump_sock))
@@ -867,14 +893,13 @@ class Service:
             self.publish_at = now  # right after the loop has handled them
             return
         self.publish_at = None
-        p = self._plan()
-        missing = len(p)
+        missing, held_back = self._missing()
         if missing == 0 and not self.state.lost and self.missing_since is not None:
             self.outage_total += now - self.missing_since
             self.missing_since = None
         elif missing and self.missing_since is None:
             self._outage_starts()
-        doc = self._status_doc(now, missing, len(p.skipped))
+        doc = self._status_doc(now, missing, held_back)
         failing = set(self.failing)
         for what, path in (("status", self.runtime_dir / status.STATUS_FILE), ("metrics", self._metrics_path())):
             spell = self.failing.get(what)

@@ -12,7 +12,6 @@ import pytest
 from netd_hook import journal
 from tests.daemon import Daemon, rule_set, wait_until
 from tests.lab import Lab
-from tests.test_daemon_lab import TABLES, healthy, wait_back  # noqa: F401
 
 pytestmark = [
     pytest.mark.lab,

@@ -7,6 +7,7 @@ show table N`), never the daemon's own view.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -28,10 +29,7 @@ pytestmark = [
 TABLES = (2, 3)
 
 
-@pytest.fixture
-def node():
-    with vpc_node() as lab:
-        yield lab
+# `node` (a lab node of vpc_node's layout) is tests/conftest.py's.
 
 
 @contextlib.contextmanager
@@ -79,6 +77,22 @@ def wait_back(lab, want, daemon, what, timeout=10.0, mark=None):
         ) from None
 
 
+def assert_repairs_of(reps: list[dict], *triggers: str) -> None:
+    """The repairs logged are of what the test did: each names one of `triggers`, or is the
+    second pass for an entry the gate held back at an earlier one while its node address was away
+    (an ENI's 32765 rule; it returns with the address networkd re-adds: trigger `networkd`)."""
+    assert reps, "no repair logged"
+    for i, r in enumerate(reps):
+        if r["trigger"] in triggers:
+            continue
+        assert r["trigger"] == "networkd" and any(int(p["skipped_other"]) for p in reps[:i]), \
+            f"repair {i} is not of {triggers}: {reps}"
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    return json.loads(daemon.cli("status", "--json").stdout)["status"]
+
+
 def wait_lost(lab, before, what):
     wait_until(lambda: not rule_set(lab) >= before[0], 5, what, interval=0.002)
 
@@ -94,9 +108,11 @@ def test_reconfigure_of_a_secondary_is_repaired(node, daemon):
     wait_until(lambda: sum(int(r["rules_restored"]) for r in daemon.repairs(mark)) == 13, 5,
                "repair lines accounting for 13 rules")
     rep = daemon.repairs(mark)
+    assert_repairs_of(rep, "reconfigure:eth1")
     # table 2: the IPv6 default (deleted by networkd), the IPv4 pair (flushed without a notification)
     assert sum(int(r["routes_restored"]) for r in rep) == 3
-    assert node.wait_settled() is None and healthy(node) == want
+    node.wait_settled()  # raises unless networkd settles
+    assert healthy(node) == want  # and, settled, it took nothing away again
 
 
 def test_reconfigure_of_the_primary_alone_is_repaired(node, daemon):
@@ -104,7 +120,11 @@ def test_reconfigure_of_the_primary_alone_is_repaired(node, daemon):
     mark = daemon.mark()
     node.reconfigure("eth0")
     wait_back(node, want, daemon, "repair after reconfigure eth0", mark=mark)
-    assert daemon.repairs(mark)
+    # networkd drops every foreign rule whichever link it configures: the repairs are this
+    # reconfigure's, and they account for all 13 rules (11 IPv4, 2 IPv6)
+    wait_until(lambda: sum(int(r["rules_restored"]) for r in daemon.repairs(mark)) == 13, 5,
+               f"repair lines accounting for 13 rules: {daemon.repairs(mark)}")
+    assert_repairs_of(daemon.repairs(mark), "reconfigure:eth0")
 
 
 def test_restart_then_reconfigure_is_repaired(node, daemon):
@@ -114,18 +134,25 @@ def test_restart_then_reconfigure_is_repaired(node, daemon):
     daemon.wait_log(r"networkd owner: :1\.", start=mark)
     node.reconfigure("eth1", "eth2")
     wait_back(node, want, daemon, "repair after restart + reconfigure", mark=mark)
-    assert any(r["trigger"] in ("networkd-restart", "networkd") or r["trigger"].startswith("reconfigure")
-               for r in daemon.repairs(mark))
+    # The restart is seen first; the reconfigure's wipe is repaired with it when it came before
+    # that repair (usual here), else by a repair of its own.
+    reps = daemon.repairs(mark)
+    assert reps[0]["trigger"] == "networkd-restart", reps
+    assert_repairs_of(reps, "networkd-restart", "reconfigure:eth1", "reconfigure:eth2")
 
 
 def test_new_managed_link_appearing_is_repaired(node, daemon):
     want = healthy(node)
     mark = daemon.mark()
-    node.add_eni(3, wait=False)  # ENI hot-plug: networkd configures it, dropping every foreign rule
+    eth3 = node.add_eni(3, wait=False)  # ENI hot-plug: networkd configures it, dropping every foreign rule
     node.wait_settled()
     want = (want[0] | {r for r in rule_set(node) if dict(r)["priority"] == "32765"}, want[1])  # the CNI's new rule
     wait_back(node, want, daemon, "repair after a new ENI", mark=mark)
-    assert daemon.repairs(mark)
+    # The trigger names the first link of the new veth pair networkd reported (by index when its
+    # name was not known yet); every foreign rule of before came back (11 IPv4, 2 IPv6)
+    vpc3 = int(node.read_file(f"/sys/class/net/{eth3.peer}/ifindex"))
+    assert_repairs_of(daemon.repairs(mark), *(f"link-added:{x}" for x in (eth3.name, eth3.peer, eth3.ifindex, vpc3)))
+    assert sum(int(r["rules_restored"]) for r in daemon.repairs(mark)) >= 13, daemon.repairs(mark)
 
 
 def test_pod_deleted_by_the_cni_just_before_a_reconfigure_stays_deleted(node, daemon):
@@ -200,11 +227,17 @@ def test_signals_from_a_stranger_are_ignored(node, daemon):
     mark = daemon.mark()
     node.reconfigure("eth1")
     wait_back(node, want, daemon, "repair despite forged signals", mark=mark)
+    assert_repairs_of(daemon.repairs(mark), "reconfigure:eth1")  # networkd's own signals, not the forged ones
+    # The forged PropertiesChanged reached the daemon and was counted as rejected; the forged
+    # NameOwnerChanged never reaches it (its match names the bus daemon as the sender).
+    wait_until(lambda: status(daemon)["counters"]["rejected_signals"] == 1, 3, "the forged signal counted")
+    assert status(daemon)["networkd"]["owner"] == node.name_owner()  # the forged owner change had no effect
     # and a deliberate CNI deletion while the stranger shouts "busy" is still never replayed
+    mark = daemon.mark()
     node.del_pod("10.1.2.5")
     time.sleep(0.3)
     assert not [r for r in rule_set(node) if '"10.1.2.5"' in str(r)]
-    assert daemon.repairs(mark)
+    assert daemon.repairs(mark) == []  # a deletion on purpose is no loss: nothing to repair
 
 
 def test_sigterm_flushes_the_snapshot_and_exits_0_within_2s(node, tmp_path: Path):

@@ -128,6 +128,10 @@ def test_one_architecture_all_package_without_compiled_code(deb: Path) -> None:
                  "/usr/lib/sysusers.d/netd-hook.conf", "/usr/share/man/man8/netd-hook.8.gz",
                  "/etc/netd-hook/netd-hook.toml", "/usr/share/doc/netd-hook/copyright"):
         assert want in paths, want
+    # every module of netd-hook, its subpackages' too (debian/rules once copied netd_hook/*.py only)
+    ours = {p for p in paths if p.startswith("/usr/lib/netd-hook/netd_hook/") and p.endswith(".py")}
+    assert ours == {f"/usr/lib/netd-hook/netd_hook/{p.relative_to(ROOT / 'netd_hook')}"
+                    for p in (ROOT / "netd_hook").rglob("*.py")}, ours
     # dbus-fast is the pure-Python build of 5.0.26 (the last release for Python 3.10)
     assert "/usr/lib/netd-hook/vendor/dbus_fast-5.0.26.dist-info/METADATA" in paths
     # the one conffile: all comments (see test_conffile_is_all_comments_and_its_values_are_the_defaults)
@@ -215,10 +219,11 @@ def test_installed_copy_runs_on_python_310(installed_deb: Path) -> None:
     r = run(py, "-I", "-S", str(BIN), "--version", env=CLEAN_ENV)
     assert r.stdout.strip() == f"netd-hook {__version__}"
     # every module of netd-hook imports on 3.10 from the vendored tree alone
-    mods = sorted(p.stem for p in (LIB / "netd_hook").glob("*.py") if p.stem != "__main__")
+    mods = sorted(".".join(p.relative_to(LIB).with_suffix("").parts).removesuffix(".__init__")
+                  for p in (LIB / "netd_hook").rglob("*.py") if p.name != "__main__.py")
     code = ("import sys; sys.dont_write_bytecode = True; "
             "sys.path[:0] = ['/usr/lib/netd-hook', '/usr/lib/netd-hook/vendor']; "
-            f"import {', '.join('netd_hook.' + m for m in mods)}; "
+            f"import {', '.join(mods)}; "
             "import exceptiongroup, tomli, anyio; assert anyio.__file__.startswith('/usr/lib/netd-hook/'); "
             "print(sys.version_info[:2])")
     r = run(py, "-I", "-S", "-c", code, env=CLEAN_ENV)
