@@ -148,9 +148,7 @@ def _run(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> 
         service_log.warning("ignoring a file descriptor systemd passed: %s", what)
     notifier = Notifier()
     audit = AuditSink.open(logger=service_log)  # native journald entries when the journal is there
-    fault = os.environ.get("NETD_HOOK_INJECT_FAULT", "")
-    service = Service(cfg, args.config, notifier, args.bus_address,
-                      inject_fault=int(fault) if fault.isdigit() else 0, runtime_dir=runtime_dir, audit=audit,
+    service = Service(cfg, args.config, notifier, args.bus_address, runtime_dir=runtime_dir, audit=audit,
                       networkd_sockets=passed)
     try:
         anyio.run(service.run, backend="asyncio")

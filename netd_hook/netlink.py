@@ -616,26 +616,6 @@ async def monitor(sock: socket.socket, names: dict[int, str]) -> AsyncIterator[l
 ACK_ROOM = 1024  # receive buffer each ack costs (~830 bytes measured), rounded up
 
 
-class FaultyWriter:
-    """Test hook: the `nth` rule message of the first batch that has one goes out with an
-    address family no kernel knows, so the kernel itself fails it (EAFNOSUPPORT) mid-batch.
-    Enabled only by NETD_HOOK_INJECT_FAULT=<nth> (see README, "Testing")."""
-
-    def __init__(self, inner: BatchWriter, nth: int) -> None:
-        self.inner = inner
-        self.nth = nth
-
-    async def send(self, messages: Sequence[bytes], timeout: float) -> BatchResult:
-        rules = [i for i, m in enumerate(messages) if HDR.unpack_from(m)[1] == RTM_NEWRULE]
-        if self.nth and len(rules) >= self.nth:
-            i = rules[self.nth - 1]
-            bad = bytearray(messages[i])
-            bad[HDR.size] = 0x7F  # fib_rule_hdr.family
-            messages = [*messages[:i], bytes(bad), *messages[i + 1 :]]
-            self.nth = 0
-        return await self.inner.send(messages, timeout)
-
-
 class BatchWriter:
     """Sends many requests in one sendmsg and collects one ack per message.
 

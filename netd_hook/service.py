@@ -45,7 +45,6 @@ from .netlink import (
     BatchWriter,
     Change,
     Encoder,
-    FaultyWriter,
     Link,
     ListenedSocket,
     LocalAddress,
@@ -55,7 +54,7 @@ from .netlink import (
 from .networkd import BusCounters, Counted, OwnerPid, watch
 from .plan import Plan, gate_route, gate_rule, plan
 from .procfs import NetworkdPorts
-from .replay import Outcome, execute
+from .replay import Outcome, Writer, execute
 from .track import Cause, Tracker, classify
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class NetworkdSocketGone(Exception):
 
 class Service:
     def __init__(self, cfg: configmod.Config, config_path: Path | None, notifier: Notifier,
-                 bus_address: str | None = None, inject_fault: int = 0,
+                 bus_address: str | None = None,
                  runtime_dir: Path = status.DEFAULT_RUNTIME_DIR, audit: AuditSink | None = None,
                  networkd_sockets: Sequence[ListenedSocket] = ()) -> None:
         self.cfg = cfg
@@ -126,7 +125,6 @@ class Service:
         self.publish_at: float | None = None
         self.notifier = notifier
         self.bus_address = bus_address
-        self.inject_fault = inject_fault
         self.counters = Counters()
         self.bus = BusCounters()
         self.ports = NetworkdPorts(s.port for s in self.networkd_sockets)
@@ -186,10 +184,7 @@ class Service:
         else:
             log.info("no socket from systemd (networkd not socket-activated, or no Sockets= in the unit): "
                      "networkd's deletions are recognised by its PID")
-        self.writer: BatchWriter | FaultyWriter = BatchWriter(batch_sock)
-        if self.inject_fault:
-            log.warning("test hook: the kernel will be made to fail rule %d of the next batch", self.inject_fault)
-            self.writer = FaultyWriter(BatchWriter(batch_sock), self.inject_fault)
+        self.writer: Writer = BatchWriter(batch_sock)
         self.dump_sock = dump_sock
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,11 @@ from typing import Any
 
 from tests.lab import Lab, wait_until
 
-__all__ = ["Daemon", "ROOT", "prefs", "route_set", "rule_set", "wait_until"]
+__all__ = ["DRILL", "Daemon", "ROOT", "prefs", "route_set", "rule_set", "wait_until"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# The daemon with a fault only a test can inject (tests/drill.py): Daemon(..., argv=DRILL, env={...})
+DRILL = [sys.executable, "-m", "tests.drill"]
 
 
 def rule_set(lab: Lab, families: Iterable[int] = (4, 6)) -> frozenset:

@@ -10,6 +10,8 @@ import anyio
 
 from netd_hook import netlink
 from netd_hook.model import Rule
+from netd_hook.replay import Writer
+from tests.drill import FaultyWriter
 
 
 def dump() -> None:
@@ -26,9 +28,9 @@ def dump() -> None:
 async def batch(n: int, bad: int) -> None:
     """Add n rules in one batch; with bad > 0, the bad-th one is malformed (EAFNOSUPPORT)."""
     rules = [Rule(2, 3000, 7, src=f"10.77.{i // 250}.{i % 250}/32") for i in range(n)]
-    writer: netlink.BatchWriter | netlink.FaultyWriter = netlink.BatchWriter(netlink.open_socket())
+    writer: Writer = netlink.BatchWriter(netlink.open_socket())
     if bad:
-        writer = netlink.FaultyWriter(writer, bad)
+        writer = FaultyWriter(writer, bad)
     msgs = [netlink.encode_rule(r, netlink.RTM_NEWRULE, netlink.ADD_FLAGS) for r in rules]
     res = await writer.send(msgs, timeout=5)
     print(json.dumps({"acked": len(res.acked), "existed": len(res.existed), "failed": res.failed,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from netd_hook import journal
-from tests.daemon import Daemon, rule_set, wait_until
+from tests.daemon import DRILL, Daemon, rule_set, wait_until
 from tests.lab import Lab
 
 pytestmark = [
@@ -81,7 +81,7 @@ def test_rollback_and_corrupt_snapshot_entries(node, tmp_path: Path):
     state = tmp_path / "state"
     state.mkdir()
     (state / "snapshot.json").write_text("{garbage")
-    with Daemon(node, state, env={"NETD_HOOK_INJECT_FAULT": "3"}) as d:
+    with Daemon(node, state, argv=DRILL, env={"NETD_HOOK_DRILL_FAIL_RULE": "3"}) as d:
         rebuilt = entries(node, "snapshot-rebuilt")[0]
         assert rebuilt["PRIORITY"] == "3" and "corrupt" in rebuilt["NETD_HOOK_REASON"]
         assert Path(rebuilt["NETD_HOOK_MOVED_TO"]).read_text() == "{garbage"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon, prefs, route_set, rule_set, wait_until
+from tests.daemon import DRILL, Daemon, prefs, route_set, rule_set, wait_until
 from tests.lab import Lab
 
 pytestmark = [
@@ -178,7 +178,7 @@ def test_pod_added_just_before_a_reconfigure_is_kept(node, daemon):
 
 def test_injected_failure_mid_batch_is_rolled_back_then_the_rest_applied(node, tmp_path: Path):
     want = healthy(node)
-    with Daemon(node, tmp_path / "state", env={"NETD_HOOK_INJECT_FAULT": "3"}) as d:
+    with Daemon(node, tmp_path / "state", argv=DRILL, env={"NETD_HOOK_DRILL_FAIL_RULE": "3"}) as d:
         node.reconfigure("eth1")
         d.wait_log(r"cannot restore .*Address family not supported.*set aside")
         d.wait_log(r"rolled back \d+ entries added by the failed batch")

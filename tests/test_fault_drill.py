@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from netd_hook import journal, netlink
-from tests.daemon import Daemon, route_set, rule_set, wait_until
+from tests.daemon import DRILL, Daemon, route_set, rule_set, wait_until
 from tests.lab import NETWORKD, Lab, pod_ips, require_networkd_249
 from tests.test_daemon_lab import TABLES
 
@@ -34,7 +33,6 @@ pytestmark = [
 PODS = 2500  # two rules each on eth1: 5,000 rules in one networkd pass
 GONE = pod_ips(1, 10, start=1200)  # pods the CNI deletes while networkd wipes
 ME = "SYSLOG_IDENTIFIER=netd-hook"
-DRILL = [sys.executable, "-m", "tests.drill"]
 BOTH = pytest.mark.parametrize("node", ["252", "249"], indirect=True)
 
 
@@ -131,7 +129,7 @@ def test_the_batch_answered_with_an_error_mid_way(node: Lab, tmp_path: Path) -> 
     """The 2,500th rule of the repair batch fails in the kernel: what the batch added is rolled
     back, the rest sent again without it, and the failed one put back by the next pass."""
     want = without(healthy(node), GONE)
-    with Daemon(node, tmp_path / "state", env={"NETD_HOOK_INJECT_FAULT": "2500"}) as d:
+    with Daemon(node, tmp_path / "state", argv=DRILL, env={"NETD_HOOK_DRILL_FAIL_RULE": "2500"}) as d:
         before = len(journal_repairs(node))
         node.run("networkctl", "reconfigure", "eth1")
         node.del_pods(GONE)
