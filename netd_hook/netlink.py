@@ -259,6 +259,15 @@ def decode(data: bytes | memoryview, names: dict[int, str]) -> Iterator[tuple[in
 # Encoding ---------------------------------------------------------------------------------
 
 
+def _encoded(msg: Any, mtype: int, flags: int, seq: int) -> bytes:
+    """A pyroute2 message with its header filled in, as bytes."""
+    msg["header"]["type"] = mtype
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg.encode()
+    return bytes(msg.data)
+
+
 def encode_rule(rule: Rule, mtype: int, flags: int, seq: int = 0) -> bytes:
     msg = fibmsg()
     msg["family"] = rule.family
@@ -289,11 +298,7 @@ def encode_rule(rule: Rule, mtype: int, flags: int, seq: int = 0) -> bytes:
     if rule.protocol:
         attrs.append(("FRA_PROTOCOL", rule.protocol))
     msg["attrs"] = attrs
-    msg["header"]["type"] = mtype
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = seq
-    msg.encode()
-    return bytes(msg.data)
+    return _encoded(msg, mtype, flags, seq)
 
 
 def encode_route(route: Route, ifindex: int | None, mtype: int, flags: int, seq: int = 0) -> bytes:
@@ -318,11 +323,7 @@ def encode_route(route: Route, ifindex: int | None, mtype: int, flags: int, seq:
     if route.priority is not None:
         attrs.append(("RTA_PRIORITY", route.priority))
     msg["attrs"] = attrs
-    msg["header"]["type"] = mtype
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = seq
-    msg.encode()
-    return bytes(msg.data)
+    return _encoded(msg, mtype, flags, seq)
 
 
 class Encoder:
