@@ -46,7 +46,7 @@ from .wire import (
     decode,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger for the package, as before the split
 
 
 DUMP_ATTEMPTS = 5  # per dump (links, rules and routes of each family)

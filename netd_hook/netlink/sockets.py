@@ -18,7 +18,7 @@ from ..kernel import LocalAddress as LocalAddress
 from ..kernel import Unsupported as Unsupported
 from .wire import NETLINK_CAP_ACK, NETLINK_ROUTE, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SOL_NETLINK
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger for the package, as before the split
 
 
 def open_socket(groups: int = 0, rcvbuf: int = 1 << 20) -> socket.socket:
