@@ -21,12 +21,12 @@ from netd_hook.networkd import (
     Counted,
     OwnerPid,
     Rejected,
-    _Session,
     link_index,
     link_path,
     translate,
     watch,
 )
+from netd_hook.networkd.session import _Session
 
 PROPS = "org.freedesktop.DBus.Properties"
 DBUS = "org.freedesktop.DBus"
