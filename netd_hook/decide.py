@@ -93,11 +93,21 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
+class Failed:
+    """The replay or verification asked for did not finish (a netlink batch or dump failed
+    outright): the kernel is re-read, at once (named by `reason`) or, after a second failure in
+    a row, not before `retry_at`."""
+
+    reason: str
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """A Wake deadline has passed."""
 
 
-Event = OwnerChanged | LinksListed | LinkChanged | LinkRemoved | Lost | Suspect | Done | Tick
+Event = OwnerChanged | LinksListed | LinkChanged | LinkRemoved | Lost | Suspect | Done | Failed | Tick
 
 
 # Actions ----------------------------------------------------------------------------------
@@ -204,6 +214,9 @@ def _apply(state: State, event: Event, now: float) -> State:
         return _cause(replace(state, verify=True), event.reason)
     if isinstance(event, Done):
         return replace(state, busy=False)
+    if isinstance(event, Failed):
+        s = replace(state, busy=False, verify=True)
+        return s if event.retry_at is not None else _cause(s, event.reason)
     return state  # Tick: only re-evaluates
 
 
@@ -232,4 +245,7 @@ def _drive(state: State, now: float) -> tuple[State, list[Action]]:
 
 
 def step(state: State, event: Event, now: float) -> tuple[State, list[Action]]:
+    if isinstance(event, Failed) and event.retry_at is not None:
+        # Failed twice in a row: nothing is tried before retry_at (a re-read at once would spin).
+        return _apply(state, event, now), [Wake(event.retry_at)]
     return _drive(_apply(state, event, now), now)

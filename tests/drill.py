@@ -10,7 +10,7 @@ with an address family no kernel knows, so the kernel itself fails it (EAFNOSUPP
 the rollback path (FaultyWriter below).
 
 ``NETD_HOOK_DRILL_HEARTBEAT=<seconds>``: the daemon re-publishes its status and metrics this often
-when nothing changes (service.HEARTBEAT, 30 s), so that a test sees several heartbeats quickly."""
+when nothing changes (publisher.HEARTBEAT, 30 s), so that a test sees several heartbeats quickly."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from netd_hook import cli, netlink, service
+from netd_hook import cli, netlink, publisher, service
 from netd_hook.kernel import BatchResult
 from netd_hook.replay import Writer
 
@@ -72,5 +72,5 @@ if __name__ == "__main__":
     if nth := os.environ.pop("NETD_HOOK_DRILL_FAIL_RULE", ""):
         _fail_rule(int(nth))
     if heartbeat := os.environ.pop("NETD_HOOK_DRILL_HEARTBEAT", ""):
-        service.HEARTBEAT = float(heartbeat)
+        publisher.HEARTBEAT = float(heartbeat)
     sys.exit(cli.main())

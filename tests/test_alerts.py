@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import metrics, service
+from netd_hook import metrics, publisher
 from tests.daemon import Daemon, wait_until
 from tests.lab import Lab
 
@@ -380,7 +380,7 @@ def test_an_idle_daemon_rewrites_its_metrics_file_every_heartbeat(tmp_path: Path
     never older than that while the daemon runs. The daemon's HEARTBEAT (30 s) is shortened to
     3 s here (tests/drill.py), so that three beats take seconds; it stopped after the first."""
     beat = 3.0
-    assert service.HEARTBEAT == 30.0  # what NetdHookMetricsStale's 300 s allow ten of
+    assert publisher.HEARTBEAT == 30.0  # what NetdHookMetricsStale's 300 s allow ten of
     with Lab() as lab:
         eni = lab.add_eni(1)
         lab.ip_batch([f"rule add from {eni.ip} lookup {eni.table} priority 32765"], force=True)

@@ -554,7 +554,7 @@ def test_the_daemons_own_status_document_checks_out(tmp_path: Path) -> None:
     svc.tracker = Tracker(configmod.Config().scope, Snapshot(frozenset(rules)))
     svc.tracker.load(Dump(rules=rules, links=[Link(3, "eth1")], host_routes=[HostRoute("10.1.1.5", "eth1")]))
     for last in (None, RepairRecord("reconfigure:eth1", 1, 0, 0, 0, 0, 0, 0, 1, 0.5, ":1.7")):
-        svc.last_repair = last
-        status.publish(tmp_path, svc._status_doc(0.0, 0, 0))
+        svc.repairer.last_repair = last
+        status.publish(tmp_path, svc.publisher.status_doc(0.0, 0, 0))
         pr = status.probe(tmp_path)
         assert pr.error == "" and pr.status is not None

@@ -6,6 +6,7 @@ import pytest
 
 from netd_hook.decide import (
     Done,
+    Failed,
     LinkChanged,
     LinkRemoved,
     LinksListed,
@@ -97,6 +98,20 @@ CASES = {
         [(1.0, Suspect("monitor-overrun"))],
         [(1.0, Verify("monitor-overrun"))],
     ),
+    "a replay whose batch failed outright is followed by a re-read of the kernel": (
+        [(1.0, Lost(3, "networkd")), (1.01, Failed("netlink-error"))],
+        [(1.0, Replay("networkd")), (1.01, Verify("netlink-error"))],
+    ),
+    "failing again in a row: the re-read waits for the retry time, then happens": (
+        [(1.0, Lost(3, "networkd")), (1.01, Failed("netlink-error")), (1.02, Failed("netlink-error", 2.02)),
+         (2.02, Tick())],
+        [(1.0, Replay("networkd")), (1.01, Verify("netlink-error")), (1.02, Wake(2.02)), (2.02, Verify("unknown"))],
+    ),
+    "a failure while networkd is busy re-reads the kernel once it settles": (
+        [(1.0, Lost(1, "kernel")), (1.01, LinkChanged(A, 1, "configuring")), (1.02, Failed("netlink-error")),
+         (1.1, LinkChanged(A, 1, "configured"))],
+        [(1.0, Replay("kernel")), (1.1, Verify("reconfigure:1"))],
+    ),
 }
 
 
@@ -105,6 +120,13 @@ def test_table(name):
     script, expected = CASES[name]
     _, actions = run(up(), script)
     assert actions == expected
+
+
+def test_failed_clears_busy_and_asks_for_a_verification():
+    state, _ = step(up(), Lost(2, "networkd"), 1.0)
+    assert state.busy
+    state, actions = step(state, Failed("netlink-error", retry_at=3.0), 1.5)
+    assert (state.busy, state.verify, actions) == (False, True, [Wake(3.0)])
 
 
 def test_losses_during_a_replay_are_replayed_right_after_it_no_lost_last_replay():

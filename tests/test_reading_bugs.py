@@ -298,8 +298,8 @@ def publishing(tmp_path: Path) -> Iterator[Any]:
         links=[Link(3, "eth1"), Link(20, "enia1")],
         host_routes=[HostRoute(a, "enia1") for a in ("10.1.1.5", "10.1.1.7", "10.1.2.5")],
         local_addresses=[LocalAddress("10.0.1.10", "eth1")]))
-    svc.set_aside = {pod_rules("10.1.1.7", 2)[1]}  # refused by the kernel: not planned
-    svc.unattributed = {NODE_RULES[0]}  # held back after an overrun, and back in the kernel since
+    svc.repairer.set_aside = {pod_rules("10.1.1.7", 2)[1]}  # refused by the kernel: not planned
+    svc.repairer.unattributed = {NODE_RULES[0]}  # held back after an overrun, and back in the kernel since
     svc.state = decide.State(owner=":1.7", listed=True, links={3: "configured"})
     svc.mon = netlink.open_socket()
     try:
@@ -320,7 +320,7 @@ def test_publishing_the_status_never_copies_the_snapshot(publishing: Any, tmp_pa
     svc.tracker.snapshot = counted
 
     async def publish() -> None:
-        svc._publish(0.0)
+        svc.publisher.publish(0.0)
 
     anyio.run(publish)
     assert copies == []  # before: one whole copy per publish, twice a second during pod churn
@@ -330,8 +330,8 @@ def test_publishing_the_status_never_copies_the_snapshot(publishing: Any, tmp_pa
     # counted: 10.1.1.7's rule set aside, table 7's route (unprotected), the rule held back after
     # an overrun that is back (and so no longer held back).
     assert (doc["missing"], doc["held_back"]) == (3, 3)
-    assert svc.unattributed == set()
-    p = svc._plan()  # the daemon's planner agrees
+    assert svc.repairer.unattributed == set()
+    p = svc.repairer.plan()  # the daemon's planner agrees
     assert (len(p), len(p.skipped)) == (3, 3)
     assert "netd_hook_missing_entries 3\n" in (tmp_path / "metrics.prom").read_text()
 
@@ -350,6 +350,6 @@ def test_the_published_counts_are_the_planners(publishing: Any, change: str) -> 
     elif change == "devices gone":
         t.links.clear()
     elif change == "all set aside":
-        svc.set_aside.update(entries)
-    p = svc._plan()
-    assert svc._missing() == (len(p), len(p.skipped))
+        svc.repairer.set_aside.update(entries)
+    p = svc.repairer.plan()
+    assert svc.repairer.missing() == (len(p), len(p.skipped))

@@ -59,20 +59,20 @@ def _service(tmp: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Trac
 
     svc = Service(configmod.Config(state_dir=tmp), None, Notifier(""), runtime_dir=tmp,
                   networkd_sockets=[ListenedSocket(NETWORKD_PORT, 1)])
-    svc.ports.vanished = lambda: []  # type: ignore[method-assign]  # the passed socket is alive
+    svc.attribution.ports.vanished = lambda: []  # type: ignore[method-assign]  # the passed socket is alive
     rules = pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.6", 2)
     tracker = Tracker(configmod.Config().scope, Snapshot(frozenset(rules)))
     tracker.load(_dump(rules))
     svc.tracker = tracker
-    svc.own_ports = frozenset({777})
+    svc.attribution.own_ports = frozenset({777})
     writer = RecordingWriter()
-    svc.writer = writer  # type: ignore[assignment]
+    svc.repairer.writer = writer  # type: ignore[assignment]
     mon = netlink.open_socket()  # idle: nothing is ever received on it
     kept.append(mon)
     svc.mon = mon
     fd, lock = tempfile.mkstemp(dir=tmp)
     os.close(fd)
-    svc.replay_lock = os.open(lock, os.O_RDONLY)
+    svc.repairer.replay_lock = os.open(lock, os.O_RDONLY)
     # networkd was configuring eth1: once it reports configured, the daemon re-reads the kernel
     svc.state = decide.State(owner=OWNER, listed=True, links={ETH1: "configuring"}, verify=True,
                              trigger=f"reconfigure:eth{ETH1}")
@@ -88,8 +88,8 @@ def _dump(rules: list[Any]) -> Dump:
 def _kernel_without(svc: Service, gone: set[Any]) -> None:
     async def resync() -> Plan:
         svc.tracker.load(_dump([r for r in svc.tracker.present_rules | svc.tracker.rules if r not in gone]))
-        return svc._plan()
-    svc._resync = resync  # type: ignore[method-assign]
+        return svc.repairer.plan()
+    svc.repairer.resync = resync  # type: ignore[method-assign]
 
 
 def test_a_cni_deletion_read_after_the_configured_signal_is_still_never_replayed(
@@ -106,7 +106,7 @@ def test_a_cni_deletion_read_after_the_configured_signal_is_still_never_replayed
 
 def test_networkds_deletions_read_after_the_signal_are_replayed_once_and_the_view_is_whole(
         tmp_path: Path, kept: list[Any], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="netd_hook.service")
+    caplog.set_level("INFO", logger="netd_hook")
     svc, writer, tracker = _service(tmp_path, kept)
     gone = set(pod_rules("10.1.1.6", 2))
     _kernel_without(svc, gone)
@@ -140,9 +140,9 @@ def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None], 0.0)  # None: the monitor overran
     assert writer.sent == []
-    assert node_rule in svc.unattributed and node_rule in tracker.rules  # held, not forgotten
+    assert node_rule in svc.repairer.unattributed and node_rule in tracker.rules  # held, not forgotten
     assert svc.counters.monitor_overruns == 1
-    assert svc._status_doc(0.0, 0, 0)["unattributed"] == [node_rule.describe()]
+    assert svc.publisher.status_doc(0.0, 0, 0)["unattributed"] == [node_rule.describe()]
 
 
 def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tmp_path: Path, kept: list[Any]) -> None:
@@ -151,7 +151,7 @@ def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tm
     tracker.load(_dump([*tracker.rules, node_rule]))
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None, decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    assert writer.sent == [1] and not svc.unattributed
+    assert writer.sent == [1] and not svc.repairer.unattributed
 
 
 def _held_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Any]:
@@ -161,7 +161,7 @@ def _held_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Servic
     tracker.load(_dump([*tracker.rules, node_rule]))
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None], 0.0)
-    assert node_rule in svc.unattributed and writer.sent == []
+    assert node_rule in svc.repairer.unattributed and writer.sent == []
     return svc, writer, node_rule
 
 
@@ -172,7 +172,7 @@ def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_wha
     were held back for good. The signal within NEAR of the overrun is the evidence."""
     svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
-    assert not svc.unattributed and writer.sent == []  # released, and waits for networkd to settle
+    assert not svc.repairer.unattributed and writer.sent == []  # released, and waits for networkd to settle
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
     # the first batch puts it back (this fake kernel never shows it, so the verification that
     # follows sends it again: on a node the batch's echo marks it present)
@@ -182,11 +182,11 @@ def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_wha
 def test_networkd_busy_long_after_the_overrun_is_no_evidence_and_the_hold_stays(
         tmp_path: Path, kept: list[Any]) -> None:
     svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
-    assert svc.held_overrun_at is not None
-    svc.held_overrun_at -= 10  # the overrun was 10 s ago
+    assert svc.repairer.held_overrun_at is not None
+    svc.repairer.held_overrun_at -= 10  # the overrun was 10 s ago
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    assert node_rule in svc.unattributed and svc.held_overrun_at is None
+    assert node_rule in svc.repairer.unattributed and svc.repairer.held_overrun_at is None
     assert writer.sent == []
 
 
@@ -206,22 +206,22 @@ def test_what_the_kernel_refused_is_tried_again_after_a_second_without_waiting_f
     reconfigure, when nothing else made the daemon look again."""
     svc, _, tracker = _service(tmp_path, kept)
     writer = FailingOnceWriter()
-    svc.writer = writer  # type: ignore[assignment]
+    svc.repairer.writer = writer  # type: ignore[assignment]
     _settled(svc)  # networkd done: its deletions, read now, are replayed at once
     gone = set(pod_rules("10.1.1.6", 2))
     _kernel_without(svc, gone)
     anyio.run(svc._handle, [Change(False, r, NETWORKD_PORT) for r in gone], 0.0)
     # batch 1 (both, one refused), its rollback (the one added), batch 2 (the other)
-    assert writer.sent == [2, 1, 1] and len(svc.set_aside) == 1
+    assert writer.sent == [2, 1, 1] and len(svc.repairer.set_aside) == 1
     # the echo of what batch 2 added, as the monitor would read it next
-    anyio.run(svc._handle, [Change(True, r, 777) for r in gone - svc.set_aside], 0.0)
-    at = svc.set_aside_retry_at
-    assert at is not None and svc.set_aside_delay == 2.0
+    anyio.run(svc._handle, [Change(True, r, 777) for r in gone - svc.repairer.set_aside], 0.0)
+    at = svc.repairer.set_aside_retry_at
+    assert at is not None and svc.repairer.set_aside_delay == 2.0
     anyio.run(svc._retry_set_aside, at - 0.1)
     assert writer.sent == [2, 1, 1]  # not yet
     anyio.run(svc._retry_set_aside, at)
-    assert writer.sent == [2, 1, 1, 1] and not svc.set_aside and svc.set_aside_retry_at is None
-    assert svc.set_aside_delay == 1.0  # nothing set aside any more: the next failure waits 1 s again
+    assert writer.sent == [2, 1, 1, 1] and not svc.repairer.set_aside and svc.repairer.set_aside_retry_at is None
+    assert svc.repairer.set_aside_delay == 1.0  # nothing set aside any more: the next failure waits 1 s again
 
 
 def test_an_enis_address_going_makes_the_daemon_look_for_the_routes_the_kernel_dropped_silently(
@@ -247,8 +247,8 @@ def test_an_enis_address_going_makes_the_daemon_look_for_the_routes_the_kernel_d
         tracker.load(Dump(rules=rules, links=[Link(ETH1, "eth1"), Link(9, "enia1b2c3d4e5f")],
                           host_routes=[HostRoute("10.1.1.5", "enia1b2c3d4e5f"),
                                        HostRoute("10.1.1.6", "enia1b2c3d4e5f")]))
-        return svc._plan()
-    svc._resync = resync  # type: ignore[method-assign]
+        return svc.repairer.plan()
+    svc.repairer.resync = resync  # type: ignore[method-assign]
 
     anyio.run(svc._handle, [Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT)], 0.0)
     assert writer.sent == [2]  # both routes, at once (the link is still `configured`)
