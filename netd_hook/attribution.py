@@ -21,7 +21,7 @@ from .track import Cause, classify
 if TYPE_CHECKING:
     from .service import Service
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("netd_hook.service")  # the daemon's one logger, as before the split
 
 
 class Attribution:

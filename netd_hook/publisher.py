@@ -125,7 +125,8 @@ class Publisher:
             },
             # Nothing missing, nothing pending, networkd settled: what `netd-hook wait` waits for.
             "complete": bool(st.owner and settled and not (st.busy or st.lost or st.verify) and missing == 0),
-            "protected": {"rules": len(t.rules), "routes": t.protected_route_count()},
+            # what a crash of this daemon would not lose: written to the snapshot file (saver.protected)
+            "protected": dict(zip(("rules", "routes"), svc.saver.protected(t), strict=True)),
             "missing": missing,
             "held_back": held_back,
             "set_aside": [e.describe() for e in sorted(r.set_aside, key=lambda e: e.describe())][:50],

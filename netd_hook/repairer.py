@@ -26,7 +26,7 @@ from .replay import Outcome, Writer, execute
 if TYPE_CHECKING:
     from .service import Service
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("netd_hook.service")  # the daemon's one logger, as before the split
 
 # Entries the kernel refused are tried again after 1 s, then twice as long each time, at most a
 # minute apart (and at networkd's next reconfigure): an error can pass (a device or address that

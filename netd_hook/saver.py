@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import store
+from .model import Snapshot
 
 if TYPE_CHECKING:
     from .service import Counters
     from .track import Tracker
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("netd_hook.service")  # the daemon's one logger, as before the split
 
 SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync a second
 
@@ -82,6 +83,7 @@ class Saver:
         self.saved_version = -1
         self.save_tried_at = -math.inf  # loop clock of the last snapshot write
         self.saved_at: float | None = None  # wall clock of the last snapshot written
+        self.saved_counts = (0, 0)  # (rules, protected routes) in the file: what a crash would keep
 
     @property
     def path(self) -> Path:
@@ -92,13 +94,13 @@ class Saver:
 
         Never raises for a full or read-only state directory: the snapshot is in memory, which
         is what protecting needs; the loop's save timer tries again with backoff."""
-        version = tracker.version
+        version, snap = tracker.version, tracker.snapshot()
         try:
-            store.save(self.state_dir, tracker.snapshot(), self.boot.id)
+            store.save(self.state_dir, snap, self.boot.id)
         except OSError as exc:
             self.save_at = self.writes.failed("snapshot", self.path, exc)
             return False
-        self._saved(version)
+        self._saved(version, snap)
         return True
 
     async def tick(self, tracker: Tracker, now: float) -> None:
@@ -116,21 +118,30 @@ class Saver:
             except OSError as exc:  # full or read-only: keep protecting from memory, try again later
                 self.save_at = self.writes.failed("snapshot", self.path, exc)
             else:
-                self._saved(version)
+                self._saved(version, snap)
 
     def save_at_exit(self, tracker: Tracker) -> None:
-        version = tracker.version
+        version, snap = tracker.version, tracker.snapshot()
         try:
-            store.save(self.state_dir, tracker.snapshot(), self.boot.id)
+            store.save(self.state_dir, snap, self.boot.id)
         except OSError as exc:
             when = ("none written by this daemon" if self.saved_at is None
                     else f"the one from {time.strftime('%H:%M:%S UTC', time.gmtime(self.saved_at))} stays")
             log.error("snapshot not saved at exit: %s; %s (the next start merges it with the kernel)",
                       store.describe(store.failed(None, "snapshot", self.path, exc, 0.0, 0.0)), when)
             return
-        self._saved(version)
+        self._saved(version, snap)
 
-    def _saved(self, version: int) -> None:
+    def protected(self, tracker: Tracker) -> tuple[int, int]:
+        """(rules, routes) the status may call protected: those in the file, which a crash of
+        this daemon would not lose (a pod learned a moment ago is protected once it is written);
+        while the file cannot be written, what is protected from memory."""
+        if tracker.version == self.saved_version or "snapshot" in self.writes.failing:
+            return len(tracker.rules), tracker.protected_route_count()
+        return self.saved_counts
+
+    def _saved(self, version: int, snap: Snapshot) -> None:
+        self.saved_counts = (len(snap.rules), len(snap.protected_routes()))
         self.saved_version = version
         self.saved_at = time.time()
         self.writes.ok("snapshot")

@@ -362,7 +362,14 @@ def test_a_wipe_while_the_carrier_is_away_waits_for_stuck_ms(node: Lab, daemon: 
         # held back while eth1 is busy: at 80 % of stuck_ms nothing is back yet
         time.sleep(max(0.0, first / 1e9 + 0.8 * DEFAULT_STUCK_S - time.monotonic()))
         assert node.link_states()["eth1"] == "configuring"
-        assert not healthy(node)[0] >= during[0], "repaired while eth1 was busy for less than stuck_ms"
+        # A race the daemon cannot see past: networkd's deletions read before its `configuring`
+        # signal (two sockets). networkd then looks settled and the wipe is repaired at once,
+        # trigger `networkd` (harmless: eth1 cannot finish configuring, so nothing wipes again).
+        # Otherwise the wipe is held back, while eth1 is busy, for stuck_ms.
+        early = daemon.repairs(mark)
+        raced = healthy(node)[0] >= during[0]
+        if raced:
+            assert trigger == "reconfigure" and early and {r["trigger"] for r in early} == {"networkd"}, early
         wait_state(node, during, daemon, "the repair after stuck_ms", timeout=DEFAULT_STUCK_S + 3)
         events = obs.events(t0)
         repaired = ms(first, last_protected_add(events))
@@ -375,11 +382,13 @@ def test_a_wipe_while_the_carrier_is_away_waits_for_stuck_ms(node: Lab, daemon: 
         time.sleep(0.5)
         assert healthy(node) == want
         back = ms(t_up, last_protected_add(obs.events(t_up)))
-    assert repaired is not None and 0.8 * DEFAULT_STUCK_S * 1000 <= repaired <= (DEFAULT_STUCK_S + 2) * 1000, repaired
+    assert repaired is not None and repaired <= (DEFAULT_STUCK_S + 2) * 1000, repaired
+    assert raced or repaired >= 0.8 * DEFAULT_STUCK_S * 1000, repaired
     wait_until(lambda: status_json(daemon)["networkd"]["stuck"] == {}, 5, "eth1 no longer stuck")
     st = status_json(daemon)
     assert st["forgotten"]["total"] == 0, st["forgotten"]
     assert not [ln for ln in daemon.lines[mark:] if "Traceback" in ln]
     print(f"\n{trigger} during a carrier loss, networkd {flavour}: {len(rule_deletions(events, port))} rules "
-          f"deleted by networkd; every ENI's rules out for {fmt(repaired)} (first deletion -> repaired, "
+          f"deleted by networkd; every ENI's rules out for {fmt(repaired)} (first deletion -> repaired"
+          f"{', networkd looked settled: repaired at once' if raced else ''}, "
           f"stuck_ms {DEFAULT_STUCK_S:g} s); carrier return -> whole {fmt(back)}")
