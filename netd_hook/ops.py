@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import links, netlink, status, store
-from .model import FormatError, Route, Rule, Snapshot, load_saved_file, read_regular
+from .model import RT_TABLE_MAIN, FormatError, Route, Rule, Snapshot, load_saved_file, read_regular
 from .plan import Plan, plan
 from .replay import Outcome, Writer, execute
 from .scope import Scope
@@ -27,7 +27,6 @@ from .track import Tracker
 REPLAY_LOCK = "replay.lock"
 NETIF_LINKS = Path("/run/systemd/netif/links")  # networkd's own per-link state files
 LINK_STATE_LIMIT = 1 << 20  # a few hundred bytes each (DNS, NTP and addresses lists included)
-MAIN = 254
 
 Progress = Callable[[str], None]
 
@@ -239,7 +238,7 @@ async def replay(state_dir: Path, runtime_dir: Path, scope: Scope, states: Mappi
 @dataclass(frozen=True, slots=True)
 class Pod:
     address: str
-    table: int  # the ENI table its `from POD` rule looks up; MAIN for pods on the primary ENI
+    table: int  # the ENI table its `from POD` rule looks up; RT_TABLE_MAIN for pods on the primary ENI
     rules: tuple[Rule, ...]
 
 
@@ -264,8 +263,8 @@ def group(snapshot: Snapshot, node_addresses: frozenset[str] = frozenset()) -> G
             by_addr.setdefault(addr, []).append(rule)
     pods: dict[int, list[Pod]] = {}
     for addr, rules in by_addr.items():
-        tables = sorted({r.table for r in rules if r.table != MAIN})
-        table = tables[0] if tables else MAIN
+        tables = sorted({r.table for r in rules if r.table != RT_TABLE_MAIN})
+        table = tables[0] if tables else RT_TABLE_MAIN
         pods.setdefault(table, []).append(Pod(addr, table, tuple(sorted(rules, key=_rule_key))))
     routes: dict[int, list[Route]] = {}
     devices: dict[int, str] = {}

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .links import is_managed
-from .model import Route, Rule
-from .ops import MAIN, Check, Groups, ReplayResult
+from .model import RT_TABLE_MAIN, Route, Rule
+from .ops import Check, Groups, ReplayResult
 from .plan import Plan
 from .status import count, items, number, section, timestamp
 
@@ -136,7 +136,7 @@ def snapshot_text(g: Groups) -> str:
     npods = sum(len(p) for p in g.pods.values())
     lines = [f"pod rules: {npods} pods"]
     for table, pods in g.pods.items():
-        where = "main (primary ENI)" if table == MAIN else f"table {table}" + (
+        where = "main (primary ENI)" if table == RT_TABLE_MAIN else f"table {table}" + (
             f" ({g.devices[table]})" if table in g.devices else "")
         lines.append(f"  {where}: {len(pods)} pods")
         for pod in pods:

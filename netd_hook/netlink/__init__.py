@@ -40,7 +40,6 @@ from .sockets import rtnetlink_sockets as rtnetlink_sockets
 from .wire import ADD_FLAGS as ADD_FLAGS
 from .wire import DEL_FLAGS as DEL_FLAGS
 from .wire import FIB_RULE_DETACHED as FIB_RULE_DETACHED
-from .wire import FR_ACT_TO_TBL as FR_ACT_TO_TBL
 from .wire import FRA_DST as FRA_DST
 from .wire import FRA_FWMARK as FRA_FWMARK
 from .wire import FRA_FWMASK as FRA_FWMASK

@@ -58,7 +58,6 @@ MONITOR_GROUPS = sum(
     1 << (g - 1) for g in (RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE)
 )
 RTM_F_CLONED = 0x200
-FR_ACT_TO_TBL = 1
 RT_TABLE_COMPAT = 252
 HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 
