@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .model import PROTOCOLS, read_regular, show
+from .files import read_regular
+from .model import PROTOCOLS, show
 from .scope import PRIORITY_MAX, Range, Scope
 
 if sys.version_info >= (3, 11):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import links, netlink, status, store
-from .model import RT_TABLE_MAIN, FormatError, Route, Rule, Snapshot, load_saved_file, read_regular
+from .files import load_saved_file, read_regular
+from .model import RT_TABLE_MAIN, FormatError, Route, Rule, Snapshot
 from .plan import Plan, plan
 from .replay import Outcome, Writer, execute
 from .scope import Scope

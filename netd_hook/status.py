@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model import file_kind, read_regular, show
+from .files import file_kind, read_regular
+from .model import show
 from .store import atomic_write
 
 DEFAULT_RUNTIME_DIR = Path("/run/netd-hook")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model import BOOT_ID, FormatError, Saved, Snapshot, load_saved_file, read_regular, snapshot_to_json
+from .files import load_saved_file, read_regular
+from .model import BOOT_ID, FormatError, Saved, Snapshot, snapshot_to_json
 
 log = logging.getLogger(__name__)
 

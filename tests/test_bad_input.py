@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from netd_hook import cli, config, doctor, metrics, model, ops, render, status, store
+from netd_hook import cli, config, doctor, files, metrics, model, ops, render, status, store
 from netd_hook.model import FormatError, Snapshot, snapshot_from_json, snapshot_to_json
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
@@ -208,16 +208,16 @@ def test_the_snapshot_file_reader_refuses_fifos_devices_and_oversized_files(tmp_
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):
-        finishes(lambda: model.load_snapshot_file(fifo), [fifo])
+        finishes(lambda: files.load_snapshot_file(fifo), [fifo])
     with pytest.raises(OSError, match="not a regular file"):
-        model.load_snapshot_file(Path("/dev/zero"))
+        files.load_snapshot_file(Path("/dev/zero"))
     big = tmp_path / "big.json"
     doc = json.dumps(good_snapshot_doc()).encode()
     big.write_bytes(doc + b" " * model.SNAPSHOT_MAX_BYTES)  # valid JSON, just too large
     with pytest.raises(OSError, match="larger than"):
-        model.load_snapshot_file(big)
+        files.load_snapshot_file(big)
     (tmp_path / "ok.json").write_bytes(doc)
-    assert model.load_snapshot_file(tmp_path / "ok.json") == snapshot_from_json(good_snapshot_doc())
+    assert files.load_snapshot_file(tmp_path / "ok.json") == snapshot_from_json(good_snapshot_doc())
 
 
 def test_a_10000_rule_snapshot_is_far_below_the_cap(tmp_path: Path) -> None:
@@ -226,10 +226,10 @@ def test_a_10000_rule_snapshot_is_far_below_the_cap(tmp_path: Path) -> None:
     path = store.save(tmp_path, Snapshot(frozenset(rules), frozenset(routes)))
     assert len(rules) == 10_000
     assert path.stat().st_size * 10 < model.SNAPSHOT_MAX_BYTES
-    assert len(model.load_snapshot_file(path).rules) == 10_000
+    assert len(files.load_snapshot_file(path).rules) == 10_000
 
 
-# store.load and ops.read_snapshot read through model.load_snapshot_file: a FIFO does not block
+# store.load and ops.read_snapshot read through files.load_snapshot_file: a FIFO does not block
 # them, /dev/zero does not exhaust memory, deep nesting is a corrupt file, not a RecursionError.
 
 

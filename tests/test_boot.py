@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from netd_hook import ops, store
-from netd_hook.model import BOOT_ID, FormatError, Saved, Snapshot, load_saved_file
+from netd_hook.files import load_saved_file
+from netd_hook.model import BOOT_ID, FormatError, Saved, Snapshot
 from netd_hook.store import Boot, earlier_boot
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netd_hook import cli, config, doctor, metrics, model, netlink, render, status, store
+from netd_hook import cli, config, doctor, files, metrics, model, netlink, render, status, store
 from netd_hook.model import AF_INET, AF_INET6, FormatError, Route, Rule, Snapshot
 from netd_hook.scope import Scope, route_in_scope, rule_in_scope
 
@@ -469,7 +469,7 @@ def test_snapshot_file_reader_raises_only_oserror_or_format_error(tmp_path: Path
         _place(path, kind, body, model.SNAPSHOT_MAX_BYTES)
         with writes_only_under(tmp_path), within(5):
             try:
-                snap = model.load_snapshot_file(path)
+                snap = files.load_snapshot_file(path)
             except FormatError as exc:
                 assert kind == "file" and "\n" not in str(exc) and len(str(exc)) < 600, exc
                 return

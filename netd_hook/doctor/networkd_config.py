@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model import file_kind, read_regular
+from ..files import file_kind, read_regular
 from .facts import (
     KEYS,
     MAIN_SEARCH_SINCE,
