@@ -48,7 +48,8 @@ class Publisher:
         urgent = (svc.generation, svc.networkd_pid, decide.settled(st, now), st.busy, st.lost, st.verify,
                   tuple(sorted(st.links.items())), c.repairs, c.rollbacks,
                   svc.attribution.forgotten.doubt() is not None, tuple(sorted(failing)))
-        key = (*urgent, svc.tracker.version, svc.saver.saved_version, svc.bus.rejected_signals,
+        key = (*urgent, svc.tracker.version, svc.saver.saved_version,
+               svc.bus.rejected_signals, svc.bus.bad_values, svc.bus.reconnects,
                len(svc.repairer.set_aside), svc.attribution.forgotten.total, c.save_failures + c.publish_failures,
                len(svc.repairer.unattributed), c.monitor_overruns)
         # a status.json or metrics write that failed is tried again on its backoff, not sooner

@@ -109,6 +109,12 @@ class Daemon:
         extra = {"PYTHONPATH": str(ROOT), **self.env, **(env or {})}
         return self.lab.run("env", *(f"{k}={v}" for k, v in extra.items()), *argv, check=False, timeout=timeout)
 
+    def status(self) -> dict[str, Any]:
+        """The status document as `netd-hook status --json` prints it."""
+        r = self.cli("status", "--json")
+        assert r.stdout, r.stderr
+        return json.loads(r.stdout)["status"]
+
     def _read_log(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:

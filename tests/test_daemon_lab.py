@@ -7,7 +7,6 @@ show table N`), never the daemon's own view.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -85,10 +84,6 @@ def assert_repairs_of(reps: list[dict], *triggers: str) -> None:
     assert reps, "no repair logged"
     for i, r in enumerate(reps):
         assert r["trigger"] in triggers or r["trigger"] == "networkd", f"repair {i} is not of {triggers}: {reps}"
-
-
-def status(daemon: Daemon) -> dict[str, Any]:
-    return json.loads(daemon.cli("status", "--json").stdout)["status"]
 
 
 def wait_lost(lab, before, what):
@@ -228,8 +223,8 @@ def test_signals_from_a_stranger_are_ignored(node, daemon):
     assert_repairs_of(daemon.repairs(mark), "reconfigure:eth1")  # networkd's own signals, not the forged ones
     # The forged PropertiesChanged reached the daemon and was counted as rejected; the forged
     # NameOwnerChanged never reaches it (its match names the bus daemon as the sender).
-    wait_until(lambda: status(daemon)["counters"]["rejected_signals"] == 1, 3, "the forged signal counted")
-    assert status(daemon)["networkd"]["owner"] == node.name_owner()  # the forged owner change had no effect
+    wait_until(lambda: daemon.status()["counters"]["rejected_signals"] == 1, 3, "the forged signal counted")
+    assert daemon.status()["networkd"]["owner"] == node.name_owner()  # the forged owner change had no effect
     # and a deliberate CNI deletion while the stranger shouts "busy" is still never replayed
     mark = daemon.mark()
     node.del_pod("10.1.2.5")

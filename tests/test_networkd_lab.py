@@ -329,6 +329,8 @@ def test_bus_daemon_restart_reconnects() -> None:
             # The probe reconnects (backoff 0.1 s doubling) and finds nobody owning the name.
             events = probe.until(lambda e: e["counters"]["reconnects"] == 1 and e["event"] == "OwnerPid")
             assert events[-1]["pid"] is None
+            # the reconnect itself wakes the daemon's loop, which publishes the new count
+            assert [e["counters"]["reconnects"] for e in events if e["event"] == "Counted"] == [1]
             os.kill(old_pid, signal.SIGTERM)
             networkd = lab.popen(
                 [NETWORKD],

@@ -357,6 +357,7 @@ async def watch(
             continue
         if connected_before:
             counters.reconnects += 1
+            emit(COUNTED)  # published promptly, even if the new bus brings no owner to report
         connected_before = True
         log.info("connected to the D-Bus system bus as %s", bus.unique_name)
         session = _Session(bus, emit, counters)
