@@ -37,8 +37,8 @@ def ip_rule_args(n_rules: int) -> list[list[str]]:
 
 def encode_requests(n_rules: int) -> tuple[list[bytes], float]:
     """The same rules as netd-hook's Encoder keeps them; returns (messages, seconds it took)."""
-    from netd_hook.model import AF_INET, RT_TABLE_MAIN, Rule
-    from netd_hook.netlink import Encoder
+    from netd_hook.adapters.netlink import Encoder
+    from netd_hook.core.model import AF_INET, RT_TABLE_MAIN, Rule
 
     rules = []
     for ip in pod_addresses(n_rules):

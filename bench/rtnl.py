@@ -25,7 +25,7 @@ RTPROT_KERNEL, RTPROT_STATIC = 2, 4
 RESERVED_TABLES = (253, 254, 255)  # default, main, local
 HDR = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, port
 ACK = struct.Struct("=IHHIIi")  # nlmsghdr + nlmsgerr.error
-ACK_ROOM = 1024  # receive buffer per ack, as netd_hook.netlink.ACK_ROOM
+ACK_ROOM = 1024  # receive buffer per ack, as netd_hook.adapters.netlink.ACK_ROOM
 U32 = struct.Struct("=I")
 PAYLOAD_HDR = 12  # sizeof(struct rtmsg) == sizeof(struct fib_rule_hdr)
 

@@ -47,7 +47,7 @@ def worker_writer(msgs: list[bytes]) -> dict[str, Any]:
     """(a) netd-hook's BatchWriter.send, acks included."""
     import anyio
 
-    from netd_hook.netlink import BatchWriter, open_socket
+    from netd_hook.adapters.netlink import BatchWriter, open_socket
 
     sock = open_socket()  # the daemon keeps its batch socket open: not part of the repair
 

@@ -19,9 +19,11 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from netd_hook import cli, netlink, publisher, service
-from netd_hook.kernel import BatchResult
-from netd_hook.replay import Writer
+from netd_hook.adapters import netlink
+from netd_hook.commands import cli
+from netd_hook.core.apply import Writer
+from netd_hook.core.kernel import BatchResult
+from netd_hook.daemon import publisher, service
 
 
 def _shrink_monitor_buffer(size: int) -> None:

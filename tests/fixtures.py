@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netd_hook.model import AF_INET, Route, Rule
+from netd_hook.core.model import AF_INET, Route, Rule
 
 
 def pod_rules(ip: str, table: int | None) -> list[Rule]:

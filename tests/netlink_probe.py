@@ -8,9 +8,9 @@ import sys
 
 import anyio
 
-from netd_hook import netlink
-from netd_hook.model import Rule
-from netd_hook.replay import Writer
+from netd_hook.adapters import netlink
+from netd_hook.core.apply import Writer
+from netd_hook.core.model import Rule
 from tests.drill import FaultyWriter
 
 

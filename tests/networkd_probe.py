@@ -1,4 +1,4 @@
-"""Run `netd_hook.networkd.watch` and print every event as one JSON line (for test_networkd_lab).
+"""Run `netd_hook.adapters.networkd.watch` and print every event as one JSON line (for test_networkd_lab).
 
     python -m tests.networkd_probe [--address ADDRESS]
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import anyio
 
-from netd_hook import decide
-from netd_hook.networkd import BusCounters, OwnerPid, watch
+from netd_hook.adapters.networkd import BusCounters, OwnerPid, watch
+from netd_hook.core import decide
 
 
 def event_json(event: object) -> dict[str, Any]:

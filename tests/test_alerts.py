@@ -5,7 +5,7 @@
   took milliseconds and on an idle node);
 - those unit tests catch a broken rule: each rule is broken on purpose (a threshold, a `for:`, a
   matcher, an annotation) in a copy, and `promtool test rules` must fail on that very alert;
-- every metric the rules and their tests name is one netd_hook/metrics.py renders (or one of
+- every metric the rules and their tests name is one netd_hook/commands/metrics.py renders (or one of
   node_exporter's), so renaming a metric breaks this test, not the alerting;
 - the built package installs the file;
 - the daemon rewrites its metrics file at least every HEARTBEAT when nothing changes, which
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import metrics, publisher
+from netd_hook.commands import metrics
+from netd_hook.daemon import publisher
 from tests.daemon import Daemon, wait_until
 from tests.lab import Lab
 

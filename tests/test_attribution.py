@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import netlink
-from netd_hook.forgotten import BULK, NEAR, Forget, Ledger
-from netd_hook.procfs import NETWORKD_COMM, NetworkdPorts
-from netd_hook.track import Cause, classify
+from netd_hook.adapters import netlink
+from netd_hook.adapters.procfs import NETWORKD_COMM, NetworkdPorts
+from netd_hook.core.forgotten import BULK, NEAR, Forget, Ledger
+from netd_hook.core.track import Cause, classify
 
 ROOT = Path(__file__).resolve().parent.parent
 

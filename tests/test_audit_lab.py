@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import journal
+from netd_hook.adapters import journal
 from tests.daemon import DRILL, Daemon, rule_set, wait_until
 from tests.lab import Lab
 

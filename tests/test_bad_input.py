@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
-from netd_hook import cli, config, doctor, files, metrics, model, ops, render, status, store
-from netd_hook.model import FormatError, Snapshot, snapshot_from_json, snapshot_to_json
+from netd_hook.adapters import config, files, status, store
+from netd_hook.commands import cli, doctor, metrics, ops, render
+from netd_hook.core import model
+from netd_hook.core.model import FormatError, Snapshot, snapshot_from_json, snapshot_to_json
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 NOW = 1_700_000_000.0
@@ -543,11 +545,11 @@ def test_every_field_of_rule_and_route_has_a_check() -> None:
 
 def test_the_daemons_own_status_document_checks_out(tmp_path: Path) -> None:
     # the schema the readers check (status.DOCUMENT) must accept what the daemon publishes
-    from netd_hook import config as configmod
-    from netd_hook.journal import Notifier, RepairRecord
-    from netd_hook.netlink import Dump, HostRoute, Link
-    from netd_hook.service import Service
-    from netd_hook.track import Tracker
+    from netd_hook.adapters import config as configmod
+    from netd_hook.adapters.journal import Notifier, RepairRecord
+    from netd_hook.adapters.netlink import Dump, HostRoute, Link
+    from netd_hook.core.track import Tracker
+    from netd_hook.daemon.service import Service
 
     svc = Service(configmod.Config(state_dir=tmp_path), None, Notifier(""), runtime_dir=tmp_path)
     rules = pod_rules("10.1.1.5", 2)

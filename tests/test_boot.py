@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import ops, store
-from netd_hook.files import load_saved_file
-from netd_hook.model import BOOT_ID, FormatError, Saved, Snapshot
-from netd_hook.store import Boot, earlier_boot
+from netd_hook.adapters import store
+from netd_hook.adapters.files import load_saved_file
+from netd_hook.adapters.store import Boot, earlier_boot
+from netd_hook.commands import ops
+from netd_hook.core.model import BOOT_ID, FormatError, Saved, Snapshot
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 A = "0b5d4e9c-54f4-4b8e-a1f9-2c3d4e5f6a7b"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from netd_hook.journal import MESSAGE_ID_REPAIR
+from netd_hook.adapters.journal import MESSAGE_ID_REPAIR
 from tests import node as nodemod
 from tests.node import Node, Observer, wait_until
 

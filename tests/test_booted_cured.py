@@ -11,7 +11,7 @@ networkd, two tests: with netd-hook stopped, what the kernel has lost once netwo
 finding: `LOST`), and netd-hook's start puts it back; with netd-hook running, an independent
 netlink observer in the node (address, rule and route groups) times the outage from the address
 going to the table's last route back. `netd-hook doctor` on that node says it is cured and what
-netd-hook still guards, from `netd_hook.doctor.ADDRESS_DROPS`, which must name exactly the
+netd-hook still guards, from `netd_hook.commands.doctor.ADDRESS_DROPS`, which must name exactly the
 triggers that lost something here.
 
 **Ubuntu's common layout.** The primary ENI managed by networkd (netplan's file), the secondaries
@@ -35,7 +35,7 @@ from unittest import mock
 
 import pytest
 
-from netd_hook import doctor
+from netd_hook.commands import doctor
 from tests import node as nodemod
 from tests.node import Eni, Node, Observer, wait_until
 from tests.test_booted import (
@@ -80,7 +80,7 @@ TRIGGERS: dict[str, Callable[[Node], Any]] = {
     "carrier-loss": _carrier_loss("eth1"),
     "carrier-loss-primary": _carrier_loss("eth0"),
 }
-# doctor's words for the triggers (netd_hook.doctor.ADDRESS_DROPS)
+# doctor's words for the triggers (netd_hook.commands.doctor.ADDRESS_DROPS)
 DOCTOR_NAMES = {"reconfigure-secondary": "networkctl reconfigure", "restart": "networkd restart",
                 "carrier-loss": "carrier loss"}
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from netd_hook import __version__
-from netd_hook.journal import MESSAGE_ID_REPAIR, MESSAGE_ID_SNAPSHOT_REBUILT
+from netd_hook.adapters.journal import MESSAGE_ID_REPAIR, MESSAGE_ID_SNAPSHOT_REBUILT
 from tests import node as nodemod
 from tests.node import Node, Observer, wait_until
 from tests.test_booted import IN_CI, MISSING, NODES, foreign_rules, status, vpc_node, wait_protecting

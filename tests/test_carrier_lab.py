@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from netd_hook import netlink
+from netd_hook.adapters import netlink
 from tests.daemon import Daemon, prefs, wait_until
 from tests.lab import NETWORKD, Lab, require_networkd_249
 from tests.test_daemon_lab import healthy, vpc_node

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netd_hook.decide import (
+from netd_hook.core.decide import (
     Done,
     Failed,
     LinkChanged,
@@ -202,7 +202,7 @@ def test_a_link_that_never_settles_holds_back_repairs_only_for_the_bound():
     s, out = run(s, [(13.001, Done())])
     assert out == [(13.001, Verify("link-added:eth3"))]  # eth1's configuring asked for one
     s, _ = run(s, [(13.002, Done())])
-    from netd_hook.decide import stuck_links
+    from netd_hook.core.decide import stuck_links
     assert stuck_links(s, 20.0) == {9: 10.0}
     # when eth3 does settle at last, the kernel is checked again (its configure wiped too)
     s, out = run(s, [(30.0, LinkChanged(A, 9, "configured"))])

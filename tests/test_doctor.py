@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from netd_hook import doctor, render, status, store
-from netd_hook.doctor import Severity
+from netd_hook.adapters import status, store
+from netd_hook.commands import doctor, render
+from netd_hook.commands.doctor import Severity
 
 NOW = 1_700_000_000.0
 ETC_D = "etc/systemd/networkd.conf.d"
@@ -849,7 +850,7 @@ def test_doctor_agrees_with_real_networkd() -> None:
 
 
 def test_bulk_forgetting_while_networkd_was_busy_is_flagged(tmp_path: Path) -> None:
-    from netd_hook.forgotten import BULK, Forget, Ledger
+    from netd_hook.core.forgotten import BULK, Forget, Ledger
 
     installed(tmp_path)
     led = Ledger()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import journal, netlink
+from netd_hook.adapters import journal, netlink
 from tests.daemon import DRILL, Daemon, route_set, rule_set, wait_until
 from tests.lab import NETWORKD, Lab, pod_ips, require_networkd_249
 from tests.test_daemon_lab import TABLES

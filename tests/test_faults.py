@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import netlink, store
-from netd_hook.model import Route, Rule, Snapshot
+from netd_hook.adapters import netlink, store
+from netd_hook.core.model import Route, Rule, Snapshot
 from tests.daemon import Daemon, wait_until
 from tests.lab import Lab
 
@@ -260,7 +260,7 @@ def test_the_fake_kernel_speaks_rtnetlink():
 
 def test_a_dump_interrupted_once_is_asked_again_and_says_so(caplog: pytest.LogCaptureFixture):
     kernel = FakeKernel(lambda what, n: what == "rule4" and n == 1, per_datagram=1)
-    with caplog.at_level(logging.INFO, logger="netd_hook.netlink"):
+    with caplog.at_level(logging.INFO, logger="netd_hook.adapters.netlink"):
         d = netlink.dump_sync(kernel)  # type: ignore[arg-type]
     assert _same(d, _clean())  # nothing twice, nothing of the interrupted attempt
     assert len(d.rules) == 3
@@ -287,7 +287,7 @@ def test_a_burst_of_changes_is_outlasted_by_the_retries_backoff():
 
 def test_a_dump_interrupted_every_time_gives_up_bounded_and_says_so(caplog: pytest.LogCaptureFixture):
     kernel = FakeKernel(lambda what, n: what == "link")
-    with caplog.at_level(logging.INFO, logger="netd_hook.netlink"), pytest.raises(netlink.NetlinkError) as err:
+    with caplog.at_level(logging.INFO, logger="netd_hook.adapters.netlink"), pytest.raises(netlink.NetlinkError) as err:
         netlink.dump_sync(kernel)  # type: ignore[arg-type]
     assert err.value.errno == errno.EINTR
     assert "NLM_F_DUMP_INTR" in str(err.value) and "5 times" in str(err.value)
@@ -531,7 +531,7 @@ def test_a_batch_socket_broken_for_good_raises_instead_of_spinning() -> None:
     error that never goes away (EBADF) spun the loop forever at 100 % CPU."""
     import threading
 
-    from netd_hook.netlink import BatchWriter, NetlinkError
+    from netd_hook.adapters.netlink import BatchWriter, NetlinkError
 
     sock = netlink.open_socket()
     writer = BatchWriter(sock)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import journal as j
-from netd_hook.journal import (
+from netd_hook.adapters import journal as j
+from netd_hook.adapters.journal import (
     Audit,
     AuditSink,
     Journal,
@@ -111,7 +111,7 @@ def test_send_plain_and_multiline_fields(server, journal):
     sock, _ = server
     assert journal.send("first line\nsecond line\n\tthird", priority=j.WARNING, message_id=j.MESSAGE_ID_REPAIR,
                         fields={"NETD_HOOK_RULES_RESTORED": 13, "NETD_HOOK_NOTE": "a=b c"},
-                        code=j.CodeLocation("netd_hook/service.py", 42, "_record"))
+                        code=j.CodeLocation("netd_hook/daemon/service.py", 42, "_record"))
     fields, way = receive(sock)
     assert way == "datagram"
     assert fields == [
@@ -119,7 +119,7 @@ def test_send_plain_and_multiline_fields(server, journal):
         ("PRIORITY", b"4"),
         ("MESSAGE_ID", j.MESSAGE_ID_REPAIR.encode()),
         ("SYSLOG_IDENTIFIER", b"netd-hook"),
-        ("CODE_FILE", b"netd_hook/service.py"),
+        ("CODE_FILE", b"netd_hook/daemon/service.py"),
         ("CODE_LINE", b"42"),
         ("CODE_FUNC", b"_record"),
         ("NETD_HOOK_RULES_RESTORED", b"13"),
@@ -199,10 +199,10 @@ def test_sink_without_journal_logs_at_the_matching_level(caplog):
     assert sink.emit(rollback) is False
     assert sink.emit(j.networkd_generation_audit(":1.7", 42, 2, ":1.5")) is False
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
-        ("netd_hook.journal", logging.ERROR,
+        ("netd_hook.adapters.journal", logging.ERROR,
          'rollback trigger=reconfigure:eth1 rolled_back=3 failed=1 errno=EAFNOSUPPORT '
          'failed_entry="rule from 10.1.1.5 lookup 2"'),
-        ("netd_hook.journal", logging.INFO,
+        ("netd_hook.adapters.journal", logging.INFO,
          "networkd-generation networkd_owner=:1.7 networkd_pid=42 generation=2 previous_owner=:1.5"),
     ]
 
@@ -210,14 +210,14 @@ def test_sink_without_journal_logs_at_the_matching_level(caplog):
 def test_sink_does_not_double_the_line_when_stderr_is_the_journal(server, journal, caplog):
     sock, _ = server
     caplog.set_level(logging.DEBUG, logger="netd_hook")
-    service_log = logging.getLogger("netd_hook.service")
+    service_log = logging.getLogger("netd_hook.daemon.service")
     rec = _record()
     assert AuditSink(journal, logger=service_log, echo=False).emit(j.repair_audit(rec)) is True
     assert caplog.records == []  # under systemd: the native entry only
     assert AuditSink(journal, logger=service_log, echo=True).emit(j.repair_audit(rec)) is True
     # run by hand in a terminal: the line the service has always logged, as well
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
-        ("netd_hook.service", logging.WARNING, rec.line())]
+        ("netd_hook.daemon.service", logging.WARNING, rec.line())]
     for _ in range(2):
         assert dict(receive(sock)[0])["MESSAGE"] == rec.line().encode()
 
@@ -233,7 +233,7 @@ def test_stderr_is_journal(tmp_path):
 
 def test_errors_are_counted_logged_once_and_never_raise(server, journal, caplog):
     sock, path = server
-    caplog.set_level(logging.DEBUG, logger="netd_hook.journal")
+    caplog.set_level(logging.DEBUG, logger="netd_hook.adapters.journal")
 
     def warnings():
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -566,9 +566,10 @@ def test_journald_restart_is_survived(jlab):
     assert [e["NETD_HOOK_STEP"] for e in jlab.journal(f"MESSAGE_ID={test_id}")] == ["a", "d"]
     lines = err.splitlines()
     # One warning for the outage, the events that missed the journal on stderr, one line when it is back.
-    assert len([ln for ln in lines if ln.startswith("WARNING netd_hook.journal: cannot send")]) == 1
-    assert "INFO netd_hook.journal: step b" in lines and "INFO netd_hook.journal: step c" in lines
-    assert "INFO netd_hook.journal: step a" not in lines and "INFO netd_hook.journal: step d" not in lines
+    assert len([ln for ln in lines if ln.startswith("WARNING netd_hook.adapters.journal: cannot send")]) == 1
+    assert "INFO netd_hook.adapters.journal: step b" in lines and "INFO netd_hook.adapters.journal: step c" in lines
+    assert "INFO netd_hook.adapters.journal: step a" not in lines
+    assert "INFO netd_hook.adapters.journal: step d" not in lines
     assert any("takes entries again" in ln for ln in lines)
 
 

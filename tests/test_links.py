@@ -1,10 +1,12 @@
-"""netd_hook.links: the one definition of a link networkd manages, and doctor using it."""
+"""netd_hook.core.links: the one definition of a link networkd manages, and doctor using it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from netd_hook import decide, doctor, links, status
+from netd_hook.adapters import status
+from netd_hook.commands import doctor
+from netd_hook.core import decide, links
 from tests.test_doctor import NOW, cured, fresh_status, one
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import cli
-from netd_hook.config import ConfigError, load, parse
-from netd_hook.model import AF_INET6, FormatError, Route, Rule, Snapshot, snapshot_from_json, snapshot_to_json
-from netd_hook.scope import Scope, route_in_scope, rule_in_scope
+from netd_hook.adapters.config import ConfigError, load, parse
+from netd_hook.commands import cli
+from netd_hook.core.model import AF_INET6, FormatError, Route, Rule, Snapshot, snapshot_from_json, snapshot_to_json
+from netd_hook.core.scope import Scope, route_in_scope, rule_in_scope
 from tests.fixtures import KERNEL_RULES, NETWORKD_RULE, NODE_RULES, eni_routes, pod_rules
 
 

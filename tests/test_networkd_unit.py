@@ -12,8 +12,7 @@ import anyio
 import pytest
 from dbus_fast import Message, MessageType, Variant
 
-from netd_hook import decide
-from netd_hook.networkd import (
+from netd_hook.adapters.networkd import (
     LINK_IFACE,
     NETWORKD,
     BadValue,
@@ -26,7 +25,8 @@ from netd_hook.networkd import (
     translate,
     watch,
 )
-from netd_hook.networkd.session import _Session
+from netd_hook.adapters.networkd.session import _Session
+from netd_hook.core import decide
 
 PROPS = "org.freedesktop.DBus.Properties"
 DBUS = "org.freedesktop.DBus"

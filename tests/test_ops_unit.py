@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from netd_hook import cli, config, metrics, ops, render, status
-from netd_hook.model import Snapshot
-from netd_hook.netlink import Dump, HostRoute, Link
+from netd_hook.adapters import config, status
+from netd_hook.adapters.netlink import Dump, HostRoute, Link
+from netd_hook.commands import cli, metrics, ops, render
+from netd_hook.core.model import Snapshot
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from netd_hook import __version__
-from netd_hook import config as configmod
+from netd_hook.adapters import config as configmod
 from tests.daemon import Daemon, route_set, rule_set, wait_until
 from tests.lab import Lab
 
@@ -118,7 +118,7 @@ def test_one_architecture_all_package_without_compiled_code(deb: Path) -> None:
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
     compiled = sorted(p for p in paths if re.search(r"\.(so(\.\d+)*|pyc|pyd|c)$", p) or "__pycache__" in p)
     assert not compiled, compiled
-    for want in ("/usr/bin/netd-hook", "/usr/lib/netd-hook/netd_hook/cli.py",
+    for want in ("/usr/bin/netd-hook", "/usr/lib/netd-hook/netd_hook/commands/cli.py",
                  "/usr/lib/netd-hook/vendor/dbus_fast/message.py", "/usr/lib/netd-hook/vendor/pyroute2/__init__.py",
                  "/usr/lib/netd-hook/vendor/anyio/__init__.py", "/usr/lib/netd-hook/vendor/exceptiongroup/__init__.py",
                  "/usr/lib/netd-hook/vendor/tomli/__init__.py", "/usr/lib/netd-hook/vendor/typing_extensions.py",
@@ -194,7 +194,7 @@ def test_install_enables_the_service_and_creates_its_user(installed_deb: Path) -
     assert WANTS.is_symlink() and os.readlink(WANTS) == "/lib/systemd/system/netd-hook.service"
     assert _user_exists("netd-hook")
     # the postinst byte-compiled the private tree for the default python3
-    assert list(LIB.glob("netd_hook/__pycache__/cli.cpython-*.pyc"))
+    assert list(LIB.glob("netd_hook/commands/__pycache__/cli.cpython-*.pyc"))
 
 
 def test_installed_version_from_a_clean_environment(installed_deb: Path, tmp_path: Path) -> None:

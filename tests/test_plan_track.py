@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from netd_hook.model import AF_INET, Route, Snapshot
-from netd_hook.netlink import Change, Dump, HostRoute, Link, LocalAddress
-from netd_hook.plan import Liveness, plan
-from netd_hook.scope import Scope
-from netd_hook.track import Cause, Tracker, classify
+from netd_hook.adapters.netlink import Change, Dump, HostRoute, Link, LocalAddress
+from netd_hook.core.model import AF_INET, Route, Snapshot
+from netd_hook.core.plan import Liveness, plan
+from netd_hook.core.scope import Scope
+from netd_hook.core.track import Cause, Tracker, classify
 from tests.fixtures import KERNEL_RULES, NETWORKD_RULE, NODE_RULES, eni_routes, pod_rules
 
 NETWORKD_PORT, CNI_PORT, OUR_PORT = 700, 4242, 99
@@ -211,10 +211,10 @@ def test_a_re_dump_does_not_protect_again_an_orphan_queued_for_removal() -> None
     networkd's wipe, the CNI then deleted the pod (its host route); the rule was forgotten and
     queued for removal, but a kernel re-read in the same wake-up protected it again, so a later
     wipe could replay a rule the CNI deleted on purpose (for an address it may give to the next pod)."""
-    from netd_hook.model import Rule
-    from netd_hook.netlink import Change, Dump, HostRoute, Link
-    from netd_hook.scope import Scope
-    from netd_hook.track import Cause
+    from netd_hook.adapters.netlink import Change, Dump, HostRoute, Link
+    from netd_hook.core.model import Rule
+    from netd_hook.core.scope import Scope
+    from netd_hook.core.track import Cause
 
     x = "10.1.2.1"
     r512 = Rule(2, 512, 254, dst=f"{x}/32")

@@ -32,9 +32,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netd_hook import cli, config, doctor, files, metrics, model, netlink, render, status, store
-from netd_hook.model import AF_INET, AF_INET6, FormatError, Route, Rule, Snapshot
-from netd_hook.scope import Scope, route_in_scope, rule_in_scope
+from netd_hook.adapters import config, files, netlink, status, store
+from netd_hook.commands import cli, doctor, metrics, render
+from netd_hook.core import model
+from netd_hook.core.model import AF_INET, AF_INET6, FormatError, Route, Rule, Snapshot
+from netd_hook.core.scope import Scope, route_in_scope, rule_in_scope
 
 EXAMPLES = 2000
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,

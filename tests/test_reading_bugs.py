@@ -28,10 +28,11 @@ import anyio
 import pytest
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from netd_hook import cli, netlink, ops, status, store
-from netd_hook import config as configmod
-from netd_hook.model import AF_INET, Route, Snapshot
-from netd_hook.netlink import BatchResult, Dump, HostRoute, Link, LocalAddress
+from netd_hook.adapters import config as configmod
+from netd_hook.adapters import netlink, status, store
+from netd_hook.adapters.netlink import BatchResult, Dump, HostRoute, Link, LocalAddress
+from netd_hook.commands import cli, ops
+from netd_hook.core.model import AF_INET, Route, Snapshot
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,10 +281,10 @@ def test_replay_replans_with_the_device_indexes_of_the_dump_it_replans_from(tmp_
 @pytest.fixture
 def publishing(tmp_path: Path) -> Iterator[Any]:
     """A daemon's Service with a tracker, as its loop has it, and an idle monitor socket."""
-    from netd_hook import decide
-    from netd_hook.journal import Notifier
-    from netd_hook.service import Service
-    from netd_hook.track import Tracker
+    from netd_hook.adapters.journal import Notifier
+    from netd_hook.core import decide
+    from netd_hook.core.track import Tracker
+    from netd_hook.daemon.service import Service
 
     svc = Service(configmod.Config(state_dir=tmp_path), None, Notifier(""), runtime_dir=tmp_path)
     alive = pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.7", 2) + pod_rules("10.1.2.5", 3)

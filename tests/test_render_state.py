@@ -3,7 +3,7 @@ links, entries held back after an overrun (status documents as the daemon writes
 
 from __future__ import annotations
 
-from netd_hook import metrics, render
+from netd_hook.commands import metrics, render
 
 NOW = 1_800_000_000.0
 

@@ -10,10 +10,9 @@ import pytest
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from netd_hook import store
-from netd_hook.journal import Notifier
-from netd_hook.model import AF_INET, AF_INET6, FormatError, Route, Rule, Snapshot, snapshot_from_json, snapshot_to_json
-from netd_hook.netlink import (
+from netd_hook.adapters import store
+from netd_hook.adapters.journal import Notifier
+from netd_hook.adapters.netlink import (
     ADD_FLAGS,
     RTM_DELRULE,
     RTM_NEWROUTE,
@@ -27,8 +26,18 @@ from netd_hook.netlink import (
     encode_route,
     encode_rule,
 )
-from netd_hook.plan import Plan
-from netd_hook.replay import execute
+from netd_hook.core.apply import execute
+from netd_hook.core.model import (
+    AF_INET,
+    AF_INET6,
+    FormatError,
+    Route,
+    Rule,
+    Snapshot,
+    snapshot_from_json,
+    snapshot_to_json,
+)
+from netd_hook.core.plan import Plan
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 # The kernel keeps a rule's address as given: `ip rule add from 10.1.1.5/24` lists as such and is
@@ -240,7 +249,7 @@ def test_detached_flags_are_not_part_of_a_rules_identity():
 
 
 def test_repair_record_line_and_journal_fields_come_from_the_same_data():
-    from netd_hook.journal import RepairRecord
+    from netd_hook.adapters.journal import RepairRecord
 
     rec = RepairRecord("reconfigure:eth1", 13, 1, 0, 0, 0, 0, 0, 1, 0.71, ":1.1")
     assert rec.line() == ("repair trigger=reconfigure:eth1 rules_restored=13 routes_restored=1 already_present=0 "

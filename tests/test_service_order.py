@@ -20,14 +20,15 @@ from typing import Any
 import anyio
 import pytest
 
-from netd_hook import config as configmod
-from netd_hook import decide, netlink
-from netd_hook.journal import Notifier
-from netd_hook.model import Snapshot
-from netd_hook.netlink import BatchResult, Change, Dump, HostRoute, Link
-from netd_hook.plan import Plan, plan
-from netd_hook.service import Service
-from netd_hook.track import Tracker
+from netd_hook.adapters import config as configmod
+from netd_hook.adapters import netlink
+from netd_hook.adapters.journal import Notifier
+from netd_hook.adapters.netlink import BatchResult, Change, Dump, HostRoute, Link
+from netd_hook.core import decide
+from netd_hook.core.model import Snapshot
+from netd_hook.core.plan import Plan, plan
+from netd_hook.core.track import Tracker
+from netd_hook.daemon.service import Service
 from tests.fixtures import NODE_RULES, pod_rules
 
 OWNER = ":1.7"
@@ -55,7 +56,7 @@ def kept() -> Iterator[list[Any]]:
 
 
 def _service(tmp: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Tracker]:
-    from netd_hook.netlink import ListenedSocket
+    from netd_hook.adapters.netlink import ListenedSocket
 
     svc = Service(configmod.Config(state_dir=tmp), None, Notifier(""), runtime_dir=tmp,
                   networkd_sockets=[ListenedSocket(NETWORKD_PORT, 1)])
@@ -230,7 +231,7 @@ def test_an_enis_address_going_makes_the_daemon_look_for_the_routes_the_kernel_d
     kernel drops table 2's routes through eth1 without a notification, the link stays
     `configured`. Only the address's local route going is seen; status said nothing was missing
     until the carrier came back."""
-    from netd_hook.netlink import LocalAddress
+    from netd_hook.adapters.netlink import LocalAddress
     from tests.fixtures import eni_routes
 
     svc, writer, _ = _service(tmp_path, kept)

@@ -1,0 +1,1 @@
+"""`netd-hook run`: the event loop (service) and the owners beside it, one job each."""
