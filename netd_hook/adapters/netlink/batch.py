@@ -27,7 +27,7 @@ class BatchWriter:
     """Sends many requests in one sendmsg and collects one ack per message.
 
     The kernel processes every message of the buffer even after one fails, so the batch is not
-    a transaction; `send` only reports, rollback is the caller's (see replay.py).
+    a transaction; `send` only reports, rollback is the caller's (see core/apply.py).
     """
 
     def __init__(self, sock: socket.socket) -> None:
