@@ -31,7 +31,7 @@ def rtnl(groups: int = 0) -> socket.socket:
 
 _CHILD = """
 import json, sys
-from netd_hook import netlink
+from netd_hook.adapters import netlink
 kept, other = netlink.rtnetlink_sockets(netlink.listen_fds())
 import os
 print(json.dumps({"ports": [k.port for k in kept], "inodes": [k.inode for k in kept], "other": other,

@@ -491,7 +491,7 @@ def test_temporary_files_of_a_daemon_killed_while_saving_are_removed_at_start(no
 _RO_LOCK = """
 import sys
 from pathlib import Path
-from netd_hook import status
+from netd_hook.adapters import status
 lock = status.DaemonLock(Path(sys.argv[1]))
 print("locked", status.running(Path(sys.argv[1])))
 lock.close()

@@ -440,7 +440,7 @@ def lab_test(fn):
 # big one (which must take the memfd path) through Journal, and says what happened.
 SENDER = r"""
 import errno, json, os, sys
-from netd_hook import journal as j
+from netd_hook.adapters import journal as j
 
 class Counting(j.Journal):
     memfds = 0
@@ -479,7 +479,7 @@ print(json.dumps({"pid": os.getpid(), "sent": sent, "memfds": Counting.memfds, "
 # Runs inside the lab: one entry per line read from stdin, reporting each outcome on stdout.
 STEPPER = r"""
 import json, logging, sys
-from netd_hook import journal as j
+from netd_hook.adapters import journal as j
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 test_id = sys.argv[1]
 jr = j.Journal.open()

@@ -9,7 +9,6 @@ from typing import Any
 from ..adapters.status import count, items, number, section, timestamp
 from ..core.links import is_managed
 from ..core.model import RT_TABLE_MAIN, Route, Rule
-from ..core.plan import Plan
 from .ops import Check, Groups, ReplayResult
 
 
@@ -160,9 +159,6 @@ def snapshot_json(g: Groups) -> dict[str, Any]:
     }
 
 
-def _entries(p: Plan) -> list[Rule | Route]:
-    return [*p.routes, *p.rules]
-
 
 def _kind(e: Rule | Route) -> str:
     return "rule" if isinstance(e, Rule) else "route"
@@ -173,7 +169,7 @@ def _split(chk: Check) -> tuple[list[Rule | Route], list[Rule | Route]]:
     overrun). What the daemon lists but the kernel has again, or the gate holds back, is neither."""
     restore: list[Rule | Route] = []
     held: list[Rule | Route] = []
-    for e in _entries(chk.plan):
+    for e in chk.plan.entries():
         (held if e.describe() in chk.unattributed else restore).append(e)
     return restore, held
 
@@ -219,7 +215,7 @@ def replay_text(res: ReplayResult, dry_run: bool) -> str:
             lines.append("dry run: nothing to restore")
         else:
             lines.append(f"dry run: would restore {len(p.rules)} rules and {len(p.routes)} routes:")
-            lines += [f"  + {e.describe()}" for e in _entries(p)]
+            lines += [f"  + {e.describe()}" for e in p.entries()]
     elif res.outcome is None:
         lines.append("nothing to restore: the kernel has every protected entry")
     else:

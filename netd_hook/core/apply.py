@@ -51,7 +51,7 @@ async def execute(
     replan: Callable[[], Awaitable[Plan]],
 ) -> Outcome:
     out = Outcome()
-    entries: list[Entry] = [*first.routes, *first.rules]
+    entries = first.entries()
     for _attempt in range(max_attempts):
         batch: list[Entry] = []
         messages: list[bytes] = []
@@ -68,7 +68,7 @@ async def execute(
             # Some of it may be in the kernel, some not: only a fresh dump can tell.
             log.warning("batch of %d: outcome unknown (%s); re-reading the kernel", len(messages), result.unknown)
             out.unknown.append(result.unknown)
-            entries = _entries(await replan())
+            entries = (await replan()).entries()
             continue
         out.already_present += len(result.existed)
         out.existed.extend(batch[i] for i in result.existed)
@@ -111,6 +111,3 @@ async def _rollback(
     else:
         log.warning("rolled back %d entries added by the failed batch", len(added))
 
-
-def _entries(plan: Plan) -> list[Entry]:
-    return [*plan.routes, *plan.rules]

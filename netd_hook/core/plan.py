@@ -39,6 +39,10 @@ class Plan:
     def __len__(self) -> int:
         return len(self.routes) + len(self.rules)
 
+    def entries(self) -> list[Entry]:
+        """In the order they are added: routes, then the rules that point at their tables."""
+        return [*self.routes, *self.rules]
+
 
 def address_alive(addr: str, live: Liveness) -> bool:
     """A pod is alive exactly while its host route is in main on a link networkd does not manage.

@@ -114,7 +114,7 @@ class Repairer:
         if overrun is not None and len(p) and not self._networkd_active_since(overrun - NEAR):
             # The deletions in the gap were lost with the notifications, and networkd did nothing
             # then: replaying would be a guess (an operator's `ip rule del`, say). Hold them back.
-            entries: list[Entry] = [*p.routes, *p.rules]
+            entries = p.entries()
             self.unattributed.update(entries)
             self.held_overrun_at = overrun
             log.warning("after a netlink monitor overrun %d protected entries are missing (e.g. %s) and networkd "
