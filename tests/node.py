@@ -920,29 +920,64 @@ class Observer:
         self.close()
 
 
-def outage(events: list[list[Any]], t0: int, t1: int | None = None) -> dict[str, Any]:
-    """The rule outage within [t0, t1): from the first rule deleted to the moment every rule lost
-    since then is back (and stays back until t1). Times in ns (CLOCK_MONOTONIC)."""
+Key = Callable[[list[Any]], str | None]
+
+
+def rule_key(ev: list[Any]) -> str | None:
+    """Every rule counts (the observer's rule key: priority, table, from, fwmark, to...)."""
+    return json.dumps(ev[4]) if ev[2] == "rule" else None
+
+
+def rules_but(ips: Iterable[str]) -> Key:
+    """Every rule but those of the pods `ips` (deleted for good by the CNI: from / to)."""
+    gone = set(ips)
+    return lambda ev: None if ev[2] != "rule" or ev[4][2] in gone or ev[4][4] in gone else json.dumps(ev[4])
+
+
+def protected_key(tables: set[int], victims: set[str]) -> Key:
+    """What netd-hook protects: every rule but the victims' (the CNI deleted those on purpose), and
+    every route in an ENI table."""
+    def key(ev: list[Any]) -> str | None:
+        if ev[2] == "rule":
+            return None if ev[4][2] in victims or ev[4][4] in victims else json.dumps(["rule", ev[4]])
+        return json.dumps(["route", ev[4]]) if ev[2] == "route" and ev[4][1] in tables else None
+    return key
+
+
+def outage(events: list[list[Any]], t0: int, t1: int | None = None, *, key: Key = rule_key,
+           silent_routes: bool = False) -> dict[str, Any]:
+    """The outage within [t0, t1) as the observer saw it: from the first entry deleted to the
+    moment every entry lost since then is back (and stays back until t1). `key` names the entry
+    of a "new"/"del" event when it counts (None: it does not). With `silent_routes`, a route
+    re-added without its deletion seen (the kernel flushed it unannounced when its link's address
+    went) counts as a loss that ends then. Times in ns (CLOCK_MONOTONIC)."""
     lost: set[str] = set()
     first = back = None
-    deleted = restored = 0
+    deleted = restored = silent = 0
     ports: dict[int, int] = {}
     for ev in events:
-        if ev[1] not in ("new", "del") or ev[2] != "rule" or ev[0] < t0 or (t1 is not None and ev[0] >= t1):
+        if ev[1] not in ("new", "del") or ev[0] < t0 or (t1 is not None and ev[0] >= t1):
             continue
-        key = json.dumps(ev[4])
+        k = key(ev)
+        if k is None:
+            continue
         if ev[1] == "del":
             first = ev[0] if first is None else first
-            lost.add(key)
+            lost.add(k)
             deleted += 1
             ports[ev[3]] = ports.get(ev[3], 0) + 1
             back = None
-        elif key in lost:
-            lost.discard(key)
+        elif k in lost:
+            lost.discard(k)
             restored += 1
             if not lost:
                 back = ev[0]
-    return {"deleted": deleted, "restored": restored, "missing": len(lost), "deleted_by_port": ports,
+        elif silent_routes and first is not None and ev[2] == "route":
+            silent += 1
+            if not lost:
+                back = ev[0]
+    return {"deleted": deleted, "restored": restored, "silently_flushed_routes_back": silent,
+            "missing": len(lost), "deleted_by_port": ports, "first_loss_ns": first,
             "outage_ms": None if first is None or back is None else (back - first) / 1e6}
 
 

@@ -107,12 +107,6 @@ def without_pod(rules: frozenset[Any], ip: str) -> frozenset[Any]:
     return frozenset(r for r in rules if json.dumps(ip) not in (v for _, v in r))
 
 
-def outage_without(events: list[list[Any]], t0: int, ips: list[str]) -> dict[str, Any]:
-    """tests/node.py's outage() over the rules of every pod but `ips` (deleted for good)."""
-    keep = [e for e in events if not (e[2] == "rule" and any(ip in (e[4][2], e[4][4]) for ip in ips))]
-    return nodemod.outage(keep, t0)
-
-
 def ipv4_addresses(n: Node, dev: str) -> list[str]:
     return [a["local"] for link in n.ip_json("-4", "addr", "show", "dev", dev) for a in link.get("addr_info", [])]
 
@@ -227,7 +221,7 @@ def test_netd_hook_killed_during_a_reconfigure_repairs_at_its_restart(booted: No
         assert sum(int(e["NETD_HOOK_SKIPPED_DEAD"]) for e in new) == 2, [e.get("MESSAGE") for e in new]
         said = n.journal("-u", "netd-hook", "-g", f"not restoring .*{re.escape(victim)}.* has no host route")
         assert len(said) == 2, [e.get("MESSAGE") for e in said]
-        res = outage_without(events, t0, [victim])
+        res = nodemod.outage(events, t0, key=nodemod.rules_but([victim]))
         assert res["missing"] == 0, res
         st = status(n)
         assert st["forgotten"]["doubt"] is None, st["forgotten"]

@@ -164,55 +164,6 @@ def network_file_of(n: Node, link: str) -> str:
     return m.group(1) if m else ""
 
 
-def _protected_key(ev: list[Any], tables: set[int], victims: set[str]) -> str | None:
-    """The observer event's entry as a key when it is one netd-hook protects (a rule, or a route
-    in an ENI table) and none of the victims' (the CNI deleted those on purpose)."""
-    if ev[1] not in ("new", "del") or ev[2] not in ("rule", "route"):
-        return None
-    key = ev[4]
-    if ev[2] == "rule":
-        if key[2] in victims or key[4] in victims:  # from / to
-            return None
-    elif key[1] not in tables:
-        return None
-    return json.dumps([ev[2], key])
-
-
-def outage(events: list[list[Any]], t0: int, tables: set[int], victims: set[str]) -> dict[str, Any]:
-    """The trigger's outage as the observer saw it: from the first protected entry deleted (at or
-    after t0) to the moment every protected entry lost since is back, and stays back. A table
-    route the kernel flushed without a notification (its link's address went away) shows only
-    as its re-add: that counts as a loss ending then. Times in ns (CLOCK_MONOTONIC)."""
-    lost: set[str] = set()
-    first = back = None
-    deleted = restored = silent = 0
-    ports: dict[int, int] = {}
-    for ev in events:
-        if ev[0] < t0:
-            continue
-        key = _protected_key(ev, tables, victims)
-        if key is None:
-            continue
-        if ev[1] == "del":
-            first = ev[0] if first is None else first
-            lost.add(key)
-            deleted += 1
-            ports[ev[3]] = ports.get(ev[3], 0) + 1
-            back = None
-        elif key in lost:
-            lost.discard(key)
-            restored += 1
-            if not lost:
-                back = ev[0]
-        elif first is not None and key.startswith('["route"'):
-            silent += 1  # flushed by the kernel unannounced; back now
-            if not lost:
-                back = ev[0]
-    return {"deleted": deleted, "restored": restored, "silently_flushed_routes_back": silent,
-            "missing": len(lost), "deleted_by_port": ports, "first_loss_ns": first,
-            "outage_ms": None if first is None or back is None else (back - first) / 1e6}
-
-
 def daemon_agrees(n: Node, what: str, timeout: float = 5.0) -> None:
     """The daemon's published view matches the kernel: it protects exactly the foreign rules and
     table routes there are, misses nothing and holds nothing back. A rule of a pod the CNI deleted
@@ -328,7 +279,8 @@ class Trigger:
         wiped = {json.dumps(e[4]) for e in rule_deletions([e for e in events if e[0] >= t0], self.port)}
         assert len(wiped) >= foreign_rules(n), f"networkd deleted {len(wiped)} rules, {foreign_rules(n)} there"
         entries = repairs(n)[first_repair:]
-        figures = outage(events, t0, set(n.eni_tables()), {before, during})
+        figures = nodemod.outage(events, t0, key=nodemod.protected_key(set(n.eni_tables()), {before, during}),
+                                 silent_routes=True)
         assert figures["missing"] == 0 and figures["outage_ms"] is not None, figures
         self._check_records(events, t0, entries, {before, during})
         daemon_agrees(n, f"after `{' '.join(argv)}`")

@@ -63,8 +63,8 @@ def test_lock_marks_running_and_is_released_when_closed(tmp_path: Path):
 
 
 def test_lock_of_a_killed_process_is_released(tmp_path: Path):
-    code = f"from netd_hook.adapters import status; import pathlib, time; status.DaemonLock(pathlib.Path({str(tmp_path)!r})); " \
-           "print('locked', flush=True); time.sleep(60)"
+    code = ("from netd_hook.adapters import status; import pathlib, time; "
+            f"status.DaemonLock(pathlib.Path({str(tmp_path)!r})); print('locked', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "locked"
@@ -332,7 +332,8 @@ def test_replay_lock_created_by_root_is_usable_by_the_daemons_user():
         with ops.replay_lock(state, lambda line: None):
             pass
         # everything imported first: the interpreter may live under root's 0700 home
-        code = ("import fcntl, os, pathlib, sys; from netd_hook.commands import ops; os.setgid(65534); os.setuid(65534); "
+        code = ("import fcntl, os, pathlib, sys; from netd_hook.commands import ops; "
+                "os.setgid(65534); os.setuid(65534); "
                 "fd = ops.open_lock(pathlib.Path(sys.argv[1]) / ops.REPLAY_LOCK); "
                 "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)")
         r = subprocess.run([sys.executable, "-c", code, str(state)], capture_output=True, text=True, cwd=ROOT)
