@@ -23,7 +23,7 @@ from netd_hook.adapters import netlink
 from netd_hook.commands import cli
 from netd_hook.core.apply import Writer
 from netd_hook.core.kernel import BatchResult
-from netd_hook.daemon import publisher, service
+from netd_hook.daemon import lifecycle, publisher
 
 
 def _shrink_monitor_buffer(size: int) -> None:
@@ -58,12 +58,12 @@ class FaultyWriter:
 
 
 def _fail_rule(nth: int) -> None:
-    real = service.BatchWriter
+    real = lifecycle.BatchWriter
 
     def writer(sock: socket.socket) -> FaultyWriter:
         return FaultyWriter(real(sock), nth)
 
-    service.BatchWriter = writer  # type: ignore[assignment,misc]
+    lifecycle.BatchWriter = writer  # type: ignore[assignment,misc]
     print(f"drill: the kernel will be made to fail rule {nth} of the next batch", file=sys.stderr, flush=True)
 
 

@@ -13,6 +13,7 @@ from netd_hook.core.decide import (
     Lost,
     OwnerChanged,
     Params,
+    Reconfigured,
     Replay,
     State,
     Suspect,
@@ -222,3 +223,23 @@ def test_a_link_udev_never_initialized_is_stuck_too_and_a_busy_link_does_not_cou
     s2, out = run(s2, [(0.0, OwnerChanged(A)), (0.0, LinksListed(A, {1: "pending"})), (0.5, Lost(3, "networkd")),
                        (99.0, Tick())])
     assert out == [] and not settled(s2, 1e9)
+
+
+def test_a_reload_takes_the_new_parameters_and_re_reads_the_kernel():
+    """SIGHUP: the new parameters apply from this event on, and the kernel is re-read once
+    networkd settles (what newly enters the scope is found by that re-read)."""
+    s = up(quiet=0.0)
+    s, out = run(s, [(1.0, Reconfigured(Params(quiet=0.5, stuck_after=7.0)))])
+    assert s.params == Params(quiet=0.5, stuck_after=7.0)
+    assert out == [(1.0, Verify("reload"))]
+    s, _ = run(s, [(1.001, Done())])
+    s, out = run(s, [(2.0, Lost(1, "networkd"))])  # the new quiet period holds the replay back
+    assert out == [(2.0, Wake(2.5))]
+
+
+def test_a_reload_while_networkd_is_busy_waits_for_it_and_keeps_the_first_cause():
+    s, _ = run(up(), [(1.0, LinkChanged(A, 1, "configuring", "eth1")), (1.01, Lost(2, "networkd"))])
+    s, out = run(s, [(1.02, Reconfigured(Params(absent_grace=1.0)))])
+    assert out == [] and s.params.absent_grace == 1.0 and s.verify
+    s, out = run(s, [(1.1, LinkChanged(A, 1, "configured")), (1.11, Done())])
+    assert out == [(1.1, Replay("reconfigure:eth1")), (1.11, Verify("reconfigure:eth1"))]

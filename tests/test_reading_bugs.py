@@ -299,8 +299,8 @@ def publishing(tmp_path: Path) -> Iterator[Any]:
         links=[Link(3, "eth1"), Link(20, "enia1")],
         host_routes=[HostRoute(a, "enia1") for a in ("10.1.1.5", "10.1.1.7", "10.1.2.5")],
         local_addresses=[LocalAddress("10.0.1.10", "eth1")]))
-    svc.repairer.set_aside = {pod_rules("10.1.1.7", 2)[1]}  # refused by the kernel: not planned
-    svc.repairer.unattributed = {NODE_RULES[0]}  # held back after an overrun, and back in the kernel since
+    svc.repairer.holds.set_aside = {pod_rules("10.1.1.7", 2)[1]}  # refused by the kernel: not planned
+    svc.repairer.holds.unattributed = {NODE_RULES[0]}  # held back after an overrun, and back in the kernel since
     svc.state = decide.State(owner=":1.7", listed=True, links={3: "configured"})
     svc.mon = netlink.open_socket()
     try:

@@ -60,7 +60,7 @@ def _service(tmp: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Trac
 
     svc = Service(configmod.Config(state_dir=tmp), None, Notifier(""), runtime_dir=tmp,
                   networkd_sockets=[ListenedSocket(NETWORKD_PORT, 1)])
-    svc.attribution.ports.vanished = lambda: []  # type: ignore[method-assign]  # the passed socket is alive
+    svc.networkd.ports.vanished = lambda: []  # type: ignore[method-assign]  # the passed socket is alive
     rules = pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.6", 2)
     tracker = Tracker(configmod.Config().scope, Snapshot(frozenset(rules)))
     tracker.load(_dump(rules))
@@ -183,11 +183,11 @@ def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_wha
 def test_networkd_busy_long_after_the_overrun_is_no_evidence_and_the_hold_stays(
         tmp_path: Path, kept: list[Any]) -> None:
     svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
-    assert svc.repairer.held_overrun_at is not None
-    svc.repairer.held_overrun_at -= 10  # the overrun was 10 s ago
+    assert svc.repairer.holds.held_overrun_at is not None
+    svc.repairer.holds.held_overrun_at -= 10  # the overrun was 10 s ago
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    assert node_rule in svc.repairer.unattributed and svc.repairer.held_overrun_at is None
+    assert node_rule in svc.repairer.unattributed and svc.repairer.holds.held_overrun_at is None
     assert writer.sent == []
 
 
@@ -216,13 +216,13 @@ def test_what_the_kernel_refused_is_tried_again_after_a_second_without_waiting_f
     assert writer.sent == [2, 1, 1] and len(svc.repairer.set_aside) == 1
     # the echo of what batch 2 added, as the monitor would read it next
     anyio.run(svc._handle, [Change(True, r, 777) for r in gone - svc.repairer.set_aside], 0.0)
-    at = svc.repairer.set_aside_retry_at
-    assert at is not None and svc.repairer.set_aside_delay == 2.0
+    at = svc.repairer.holds.set_aside_retry_at
+    assert at is not None and svc.repairer.holds.set_aside_delay == 2.0
     anyio.run(svc._retry_set_aside, at - 0.1)
     assert writer.sent == [2, 1, 1]  # not yet
     anyio.run(svc._retry_set_aside, at)
-    assert writer.sent == [2, 1, 1, 1] and not svc.repairer.set_aside and svc.repairer.set_aside_retry_at is None
-    assert svc.repairer.set_aside_delay == 1.0  # nothing set aside any more: the next failure waits 1 s again
+    assert writer.sent == [2, 1, 1, 1] and not svc.repairer.set_aside and svc.repairer.holds.set_aside_retry_at is None
+    assert svc.repairer.holds.set_aside_delay == 1.0  # nothing set aside any more: the next failure waits 1 s again
 
 
 def test_an_enis_address_going_makes_the_daemon_look_for_the_routes_the_kernel_dropped_silently(
@@ -255,3 +255,31 @@ def test_an_enis_address_going_makes_the_daemon_look_for_the_routes_the_kernel_d
     assert writer.sent == [2]  # both routes, at once (the link is still `configured`)
     anyio.run(svc._handle, [Change(False, LocalAddress("10.0.2.10", "eth2"), NETWORKD_PORT)], 0.0)
     assert writer.sent == [2]  # no protected route through eth2: nothing to look for
+
+
+def test_a_reload_reaches_the_state_machine_as_an_event_and_re_reads_the_kernel(
+        tmp_path: Path, kept: list[Any], caplog: pytest.LogCaptureFixture) -> None:
+    """SIGHUP: the new [replay] parameters are the state machine's from then on, and the kernel
+    is re-read (the scope may have grown); a bad file changes nothing and reads nothing."""
+    from netd_hook.daemon.events import Reload
+
+    svc, writer, tracker = _service(tmp_path, kept)
+    _settled(svc)
+    resyncs: list[int] = []
+
+    async def resync() -> Plan:
+        resyncs.append(1)
+        return svc.repairer.plan()
+    svc.repairer.resync = resync  # type: ignore[method-assign]
+    conf = tmp_path / "netd-hook.toml"
+    svc.reloader.config_path = conf
+    conf.write_text("[replay]\nquiet_ms = 250\nstuck_ms = 9000\n")
+    anyio.run(svc._handle, [Reload()], 0.0)
+    assert (svc.state.params.quiet, svc.state.params.stuck_after) == (0.25, 9.0)
+    assert svc.cfg.replay.quiet_ms == 250 and svc.cfg.state_dir == tmp_path  # the daemon's own state dir stays
+    assert resyncs == [1] and not svc.state.verify and not svc.state.busy
+    caplog.set_level("ERROR", logger="netd_hook")
+    conf.write_text("[replay]\nquiet_ms = -1\n")
+    anyio.run(svc._handle, [Reload()], 0.0)
+    assert svc.state.params.quiet == 0.25 and resyncs == [1] and writer.sent == []
+    assert any("reload failed, keeping the running configuration" in m for m in caplog.messages)

@@ -88,6 +88,14 @@ class Suspect:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconfigured:
+    """The configuration was reloaded (SIGHUP): these parameters from now on, and the kernel is
+    re-read once settled (what newly enters the scope comes with that re-read)."""
+
+    params: Params
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The replay or verification asked for has finished."""
 
@@ -107,7 +115,8 @@ class Tick:
     """A Wake deadline has passed."""
 
 
-Event = OwnerChanged | LinksListed | LinkChanged | LinkRemoved | Lost | Suspect | Done | Failed | Tick
+Event = (OwnerChanged | LinksListed | LinkChanged | LinkRemoved | Lost | Suspect | Reconfigured | Done | Failed
+         | Tick)
 
 
 # Actions ----------------------------------------------------------------------------------
@@ -212,6 +221,8 @@ def _apply(state: State, event: Event, now: float) -> State:
         return _cause(replace(state, lost=state.lost + event.count, last_loss=now), event.cause)
     if isinstance(event, Suspect):
         return _cause(replace(state, verify=True), event.reason)
+    if isinstance(event, Reconfigured):
+        return _cause(replace(state, params=event.params, verify=True), "reload")
     if isinstance(event, Done):
         return replace(state, busy=False)
     if isinstance(event, Failed):

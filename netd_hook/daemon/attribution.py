@@ -1,18 +1,17 @@
 """Who deleted what: a netlink change is networkd's (replayed), the kernel's, ours, or someone
-else's (the CNI: forgotten, never replayed), told by the port that sent it."""
+else's (the CNI: forgotten, never replayed), told by the port that sent it (identity.py knows
+networkd's ports). What the changes lost is counted here by cause."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..adapters.journal import forgotten_bulk_audit
-from ..adapters.netlink import Change, ListenedSocket, LocalAddress, Unsupported
-from ..adapters.procfs import NetworkdPorts
+from ..adapters.netlink import Change, LocalAddress, Unsupported
 from ..core import decide
 from ..core.forgotten import Forget, Ledger
 from ..core.model import Route, Rule
@@ -25,15 +24,14 @@ log = logging.getLogger("netd_hook.daemon.service")  # the daemon's one logger, 
 
 
 class Attribution:
-    def __init__(self, svc: Service, networkd_sockets: Sequence[ListenedSocket]) -> None:
-        self.svc = svc  # its state, tracker, counters, audit and networkd generation
-        self.ports = NetworkdPorts(s.port for s in networkd_sockets)
+    """Applies netlink changes to the tracker by cause; the ledger of what others deleted."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc  # its state, tracker, counters, audit, publisher and networkd's identity
         self.own_ports: frozenset[int] = frozenset()
         self.forgotten = Ledger()
         self.forget_run: dict[int, list[Any]] = {}  # port -> [count, example]: deletions by others, not yet logged
         self.bulk_announced = -1  # the generation whose bulk forgetting is in the journal
-        self.socket_gone: list[int] = []  # ports of passed sockets found gone: restart for the new one
-        self.socket_checked = False  # in this round of the loop (a drain deletes thousands of entries)
         self.unsupported_seen: set[str] = set()
         # Devices that lost an address (seen as its local route going) and carry protected routes:
         # the kernel may have flushed them silently, so the kernel is re-read.
@@ -41,15 +39,15 @@ class Attribution:
 
     def apply(self, ev: Change, lost: dict[str, int]) -> None:
         """Apply one netlink change to the tracker; count what it lost by cause in `lost`."""
-        tracker = self.svc.tracker
+        tracker, networkd = self.svc.tracker, self.svc.networkd
         if isinstance(ev.item, Unsupported) and ev.item.what not in self.unsupported_seen:
             self.unsupported_seen.add(ev.item.what)  # once per kind: counted by the tracker
             log.info("not protecting a %s (netd-hook cannot re-create it faithfully)", ev.item.what)
-        cause = classify(ev.port, self.own_ports, self.ports)
+        cause = classify(ev.port, self.own_ports, networkd.ports)
         item = ev.item
         forgets = (cause is Cause.OTHER and not ev.new and isinstance(item, (Rule, Route))
                    and tracker.protects(item))
-        if forgets and (self.socket_gone or self.check_networkd_socket()):
+        if forgets and (networkd.socket_gone or networkd.check_socket()):
             # Who deleted it cannot be told any more: keep it (the liveness gate still stops a
             # gone pod's rules), and let systemd restart us with networkd's current socket.
             cause, forgets = Cause.KERNEL, False
@@ -66,18 +64,12 @@ class Attribution:
             else:
                 run[0] += 1
 
-    def check_networkd_socket(self) -> bool:
-        """True (and remembered) when a socket systemd passed us is gone; logs it once."""
-        if self.socket_gone or self.socket_checked:
-            return bool(self.socket_gone)
-        self.socket_checked = True
-        gone = self.ports.vanished()
-        if gone:
-            self.socket_gone = gone
-            log.error("networkd's rtnetlink socket (port %s) is gone: systemd-networkd.socket was restarted and "
-                      "networkd uses a new socket whose port netd-hook does not know; exiting so that systemd "
-                      "restarts netd-hook with it (nothing is forgotten meanwhile)", ",".join(map(str, gone)))
-        return bool(gone)
+    def count_losses(self, lost: dict[str, int]) -> None:
+        """What the changes applied lost, by cause: counted and logged; the outage has begun."""
+        for cause, n in lost.items():
+            self.svc.counters.losses[cause] = self.svc.counters.losses.get(cause, 0) + n
+            log.info("lost %d protected entries (removed by %s)", n, cause)
+            self.svc.publisher.outage_starts()
 
     def log_forgets(self) -> None:
         """One line per port for the deletions by others seen together: who, how many, one example."""
@@ -86,8 +78,9 @@ class Attribution:
         now = anyio.current_time()
         busy = not decide.settled(self.svc.state, now)
         runs, self.forget_run = self.forget_run, {}
+        ports = self.svc.networkd.ports
         for port, (count, example) in runs.items():
-            f = self.forgotten.forgot(Forget(now, time.time(), port, self.ports.process(port), count, example, busy))
+            f = self.forgotten.forgot(Forget(now, time.time(), port, ports.process(port), count, example, busy))
             log.log(logging.WARNING if f.busy else logging.INFO,
                     "forgot %d protected entries deleted by port %d (%s)%s, e.g. %s: deliberate, never replayed",
                     count, port, f.process or "process unknown", " while networkd was busy" if f.busy else "", example)
@@ -103,7 +96,7 @@ class Attribution:
 
     def _announce_bulk(self) -> None:
         doubt = self.forgotten.doubt()
-        generation = self.svc.generation
+        generation = self.svc.networkd.generation
         if doubt and self.bulk_announced != generation:
             self.bulk_announced = generation
             self.svc.audit.emit(forgotten_bulk_audit(doubt, self.forgotten.while_busy, generation,

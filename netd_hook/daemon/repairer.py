@@ -1,6 +1,6 @@
 """Repairs: plan what is missing, send it in one batch under the replay lock, record it; re-read
-the kernel to verify; what the kernel refused (set aside, retried with backoff), what an overrun's
-gap lost (held back, released if networkd turns out to have been busy), orphans of gone pods."""
+the kernel to verify; remove the rules restored for pods gone since. What no plan restores for
+now (set aside by the kernel, held back after an overrun) is holds.py's."""
 
 from __future__ import annotations
 
@@ -18,43 +18,41 @@ from ..adapters import netlink
 from ..adapters.journal import RepairRecord, repair_audit, rollback_audit
 from ..adapters.netlink import Encoder
 from ..commands import ops
-from ..core import decide
 from ..core.apply import Outcome, Writer, execute
-from ..core.forgotten import NEAR
 from ..core.links import managed
 from ..core.model import Entry
 from ..core.plan import Plan, gate_route, gate_rule, plan
+from .holds import Holds
 
 if TYPE_CHECKING:
     from .service import Service
 
 log = logging.getLogger("netd_hook.daemon.service")  # the daemon's one logger, as before the split
 
-# Entries the kernel refused are tried again after 1 s, then twice as long each time, at most a
-# minute apart (and at networkd's next reconfigure): an error can pass (a device or address that
-# was not there yet), and one that does not costs one attempt a minute.
-SET_ASIDE_RETRY_FIRST = 1.0
-SET_ASIDE_RETRY_MAX = 60.0
-
 
 class Repairer:
-    writer: Writer  # the batch socket's, the dump socket and the lock's fd: set as the service opens them
+    """Puts back what is missing (one batch, under the lock one-shot replays take), verifies
+    against a fresh dump, and removes the restored rules of gone pods."""
+
+    writer: Writer  # the batch socket's, the dump socket and the lock's fd: set as lifecycle opens them
     dump_sock: socket.socket
     replay_lock: int
 
     def __init__(self, svc: Service) -> None:
         self.svc = svc  # its state, tracker, counters, configuration and catch-up
         self.encoder = Encoder()
-        self.set_aside: set[Entry] = set()
-        self.set_aside_retry_at: float | None = None  # loop clock of the next try of what is set aside
-        self.set_aside_delay = SET_ASIDE_RETRY_FIRST
-        # Found missing after a monitor overrun with networkd idle all the while: who deleted them
-        # cannot be told, so they are held back (shown, `netd-hook replay` puts them back).
-        self.unattributed: set[Entry] = set()
-        self.overrun_at: float | None = None  # loop clock of the last overrun not yet verified
-        self.held_overrun_at: float | None = None  # the overrun whose gap `unattributed` holds, until NEAR after it
+        self.holds = Holds(svc)
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
+
+    # read by the publisher (status.json)
+    @property
+    def set_aside(self) -> set[Entry]:
+        return self.holds.set_aside
+
+    @property
+    def unattributed(self) -> set[Entry]:
+        return self.holds.unattributed
 
     # what is missing ------------------------------------------------------------------------
 
@@ -62,18 +60,10 @@ class Repairer:
         names = self.svc.tracker.links
         return frozenset(names[i] for i in managed(self.svc.state.links) if i in names)
 
-    def held(self) -> set[Entry]:
-        """What no plan restores: set aside (the kernel refused it), held back after an overrun."""
-        t = self.svc.tracker
-        if self.unattributed:  # back (someone re-added them, or a one-shot replay), or no longer protected
-            self.unattributed = {e for e in self.unattributed if t.protects(e) and e not in t.present_rules
-                                 and e not in t.present_routes}
-        return self.set_aside | self.unattributed if self.unattributed else self.set_aside
-
     def plan(self, trust_routes: bool = True) -> Plan:
         t = self.svc.tracker
         routes = t.present_routes if trust_routes else ()
-        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.held())
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.holds.entries())
 
     def missing(self) -> tuple[int, int]:
         """`len(p)` and `len(p.skipped)` of `p = self.plan()`, for status.json (up to twice a
@@ -81,7 +71,7 @@ class Repairer:
         (plan() looks every protected entry up in the kernel's view): the set differences use the
         hashes the sets keep, so only what is missing costs a Python step and a gate."""
         t = self.svc.tracker
-        held = self.held()
+        held = self.holds.entries()
         live = t.liveness(self._managed())
         missing = skipped = 0
         for rule in t.rules - t.present_rules - held:
@@ -107,68 +97,17 @@ class Repairer:
     async def verify(self) -> int:
         """Re-read the kernel after networkd settles: the kernel flushes a reconfigured link's
         table routes without any notification, and an overrun monitor misses anything."""
-        self.set_aside.clear()  # a new networkd generation: retry what failed before
-        self.svc.catch_up()  # whatever deleted what (attribution) before the dump says what is gone
+        self.holds.set_aside.clear()  # a new networkd generation: retry what failed before
+        self.svc.inbox.catch_up()  # whatever deleted what (attribution) before the dump says what is gone
         p = await self.resync()
-        overrun, self.overrun_at = self.overrun_at, None
-        if overrun is not None and len(p) and not self._networkd_active_since(overrun - NEAR):
-            # The deletions in the gap were lost with the notifications, and networkd did nothing
-            # then: replaying would be a guess (an operator's `ip rule del`, say). Hold them back.
-            entries = p.entries()
-            self.unattributed.update(entries)
-            self.held_overrun_at = overrun
-            log.warning("after a netlink monitor overrun %d protected entries are missing (e.g. %s) and networkd "
-                        "was idle: who deleted them cannot be told, so they are not put back; "
-                        "`netd-hook replay` puts them back", len(entries), entries[0].describe())
-            return 0
-        return len(p)
-
-    def _networkd_active_since(self, since: float) -> bool:
-        """networkd was busy (a link configuring, a restart) at some point since `since`."""
-        st = self.svc.state
-        return not decide.settled(st, anyio.current_time()) or st.active_at >= since
-
-    def release_held(self, now: float) -> decide.Lost | None:
-        """What an overrun's gap lost was held back because networkd looked idle at the re-read;
-        but networkd's D-Bus signal that it is busy travels on another socket and can be read
-        just after that re-read (seen in the fault drill: a reconfigure starting as the daemon
-        started). Seen busy within NEAR of the overrun, that is the evidence after all: what was
-        held back goes back (the loss returned). Later, the hold is final."""
-        at = self.held_overrun_at
-        if at is None:
-            return None
-        if not self.unattributed or now > at + NEAR:
-            self.held_overrun_at = None
-            return None
-        if not self._networkd_active_since(at - NEAR):
-            return None
-        self.held_overrun_at = None
-        n = len(self.unattributed)
-        self.unattributed.clear()
-        log.warning("networkd was busy around the monitor overrun after all: putting back the %d entries "
-                    "held back", n)
-        self.svc.publisher.outage_starts()
-        return decide.Lost(n, "networkd")
-
-    def retry_set_aside(self, now: float) -> decide.Lost | None:
-        """What the kernel refused is a loss like any other once its retry time has come."""
-        at = self.set_aside_retry_at
-        if at is None or now < at:
-            return None
-        self.set_aside_retry_at = None
-        n = len(self.set_aside)
-        if not n:
-            return None
-        self.set_aside.clear()
-        log.info("trying the %d entries set aside again", n)
-        return decide.Lost(n, "retry")
+        return 0 if self.holds.hold_after_overrun(p) else len(p)
 
     # replaying ------------------------------------------------------------------------------
 
     async def replay(self, trigger: str) -> None:
         svc = self.svc
         started = time.perf_counter()
-        svc.catch_up()
+        svc.inbox.catch_up()
         # After networkd reconfigured a link, the kernel has flushed that link's table routes
         # without a word (networkd re-adds its address): send every protected route along in
         # this first batch. They are few, and EEXIST counts as present.
@@ -190,13 +129,7 @@ class Repairer:
             )
         finally:
             fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
-        self.set_aside.update(e for e, _ in out.set_aside)
-        if out.set_aside:
-            self.set_aside_retry_at = anyio.current_time() + self.set_aside_delay
-            log.info("trying the %d entries set aside again in %gs", len(self.set_aside), self.set_aside_delay)
-            self.set_aside_delay = min(2 * self.set_aside_delay, SET_ASIDE_RETRY_MAX)
-        elif not self.set_aside:
-            self.set_aside_delay = SET_ASIDE_RETRY_FIRST
+        self.holds.refused(e for e, _ in out.set_aside)
         # The kernel has what it answered EEXIST for, whatever our view said (an add of ours or of
         # networkd's whose notification we read before the dump that missed it, say): without
         # this, status would call it missing for good, with nothing left to trigger a repair.

@@ -1,47 +1,33 @@
 """One connection to the system bus and the watch loop over it: subscribe, then list; reconnect
-with backoff."""
+with backoff. The session keeps the owner and the listing current; its method calls and their
+replies' checks are calls.py's."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import anyio
 import anyio.abc
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from ...core import decide
+from .calls import Calls
 from .signals import (
     _GONE_ERRORS,
-    _IFNAME,
-    _UNIQUE_NAME,
-    _UNKNOWN_OBJECT,
     BACKOFF_MAX,
     BACKOFF_MIN,
     CALL_TIMEOUT,
     COUNTED,
-    DBUS_NAME,
-    DBUS_PATH,
-    IFINDEX_MAX,
-    LINK_IFACE,
     LOG_EVERY,
-    MANAGER_IFACE,
-    MANAGER_PATH,
-    MATCH_OWNER,
-    MATCH_PROPERTIES,
-    MAX_CONCURRENT_GETS,
     MAX_PENDING_SENDERS,
     NETWORKD,
-    PROPERTIES_IFACE,
     BusCounters,
     BusError,
     OwnerPid,
     Rejected,
-    _short,
-    link_path,
     translate,
 )
 
@@ -53,6 +39,7 @@ class _Session:
 
     def __init__(self, bus: MessageBus, emit: Callable[[object], None], counters: BusCounters) -> None:
         self._bus = bus
+        self._calls = Calls(bus, self._bad_value)
         self._emit = emit
         self._counters = counters
         self._owner: str | None = None
@@ -143,9 +130,8 @@ class _Session:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._until_disconnected, tg.cancel_scope)
             try:
-                await self._call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "AddMatch", "s", [MATCH_PROPERTIES], "")
-                await self._call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "AddMatch", "s", [MATCH_OWNER], "")
-                owner = await self._get_name_owner()
+                await self._calls.subscribe()
+                owner = await self._calls.name_owner()
             except BusError as e:
                 log.warning("D-Bus subscription failed (%s), reconnecting", e)
                 tg.cancel_scope.cancel()
@@ -189,7 +175,7 @@ class _Session:
         while True:
             try:
                 if not pid_sent:
-                    pid = await self._owner_pid(owner)
+                    pid = await self._calls.owner_pid(owner)
                     if not self._current(generation):
                         return
                     self._emit(OwnerPid(pid))
@@ -220,101 +206,11 @@ class _Session:
             self._synced.set()
             return
 
-    async def _get_name_owner(self) -> str | None:
-        try:
-            body = await self._call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "GetNameOwner", "s", [NETWORKD], "s")
-        except BusError as e:
-            if e.name == "org.freedesktop.DBus.Error.NameHasNoOwner":
-                return None
-            raise
-        if _UNIQUE_NAME.fullmatch(body[0]) is None:
-            raise BusError("GetNameOwner", None, f"malformed unique name {_short(body[0])}")
-        return str(body[0])
-
-    async def _owner_pid(self, owner: str) -> int | None:
-        body = await self._call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "GetConnectionUnixProcessID", "s", [owner], "u")
-        pid = body[0]
-        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-            self._bad_value(f"GetConnectionUnixProcessID({owner}) = {_short(pid)}")
-            return None
-        return pid
-
     async def _list_links(self, owner: str) -> dict[int, str]:
-        # Sent to the unique name, not the well-known one: a reply from a networkd that
-        # replaced `owner` in the meantime is impossible.
-        body = await self._call(owner, MANAGER_PATH, MANAGER_IFACE, "ListLinks", "", [], "a(iso)")
-        indexes: list[int] = []
-        names: dict[int, str] = {}
-        for entry in body[0]:
-            index, name = entry[0], entry[1]  # entry[2] (the path) is never used
-            if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= IFINDEX_MAX:
-                self._bad_value(f"ListLinks ifindex {_short(index)}")
-                continue
-            indexes.append(index)
-            if isinstance(name, str) and _IFNAME.fullmatch(name):
-                names[index] = name
+        indexes, names = await self._calls.list_links(owner)
         if owner == self._owner:
-            self._names = names
-        states: dict[int, str] = {}
-        errors: list[BusError] = []
-        limiter = anyio.CapacityLimiter(MAX_CONCURRENT_GETS)
-        async with anyio.create_task_group() as tg:
-            for index in indexes:
-                tg.start_soon(self._get_state, owner, index, limiter, states, errors)
-        if errors:
-            raise errors[0]
-        return states
-
-    async def _get_state(
-        self, owner: str, index: int, limiter: anyio.CapacityLimiter, states: dict[int, str], errors: list[BusError]
-    ) -> None:
-        # Failures are collected instead of raised so that one bad link does not turn into an
-        # ExceptionGroup; the caller retries the whole listing.
-        async with limiter:
-            try:
-                body = await self._call(
-                    owner, link_path(index), PROPERTIES_IFACE, "Get", "ss", [LINK_IFACE, "AdministrativeState"], "v"
-                )
-            except BusError as e:
-                if e.name == _UNKNOWN_OBJECT:
-                    log.debug("link %d vanished while listing", index)
-                else:
-                    errors.append(e)
-                return
-        value = body[0]
-        state = value.value if isinstance(value, Variant) and value.signature == "s" else None
-        if not isinstance(state, str) or state not in decide.KNOWN_STATES:
-            self._bad_value(f"link {index} AdministrativeState {_short(value)}")
-            return
-        states[index] = state
-
-    async def _call(
-        self,
-        destination: str,
-        path: str,
-        interface: str,
-        member: str,
-        signature: str,
-        body: list[Any],
-        reply_signature: str,
-    ) -> list[Any]:
-        what = f"{interface}.{member}"
-        msg = Message(
-            destination=destination, path=path, interface=interface, member=member, signature=signature, body=body
-        )
-        try:
-            with anyio.fail_after(CALL_TIMEOUT):
-                reply = await self._bus.call(msg)
-        except TimeoutError as e:
-            raise BusError(what, None, f"no reply within {CALL_TIMEOUT:g}s") from e
-        except Exception as e:  # dbus-fast documents only "Exception: if a connection error occurred"
-            raise BusError(what, None, f"connection error: {e!r}") from e
-        if reply.message_type is MessageType.ERROR:
-            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-            raise BusError(what, reply.error_name, _short(text))
-        if reply.message_type is not MessageType.METHOD_RETURN or reply.signature != reply_signature:
-            raise BusError(what, None, f"unexpected reply with signature {reply.signature!r}")
-        return list(reply.body)
+            self._names = names  # before the states are asked for: signals meanwhile name their link
+        return await self._calls.states(owner, indexes)
 
 
 async def watch(
