@@ -89,6 +89,13 @@ def test_config_scope_keys(tmp_path: Path):
     assert cfg.replay.quiet_ms == 5 and cfg.log_level == "debug"
 
 
+def test_the_chase_is_on_by_default_and_off_with_chase_false():
+    from netd_hook.daemon.reloader import params
+    assert params(parse({}, "t.toml")).chase_max == 64
+    assert params(parse({"replay": {"chase_max": 3}}, "t.toml")).chase_max == 3
+    assert params(parse({"replay": {"chase": False, "chase_max": 3}}, "t.toml")).chase_max == 0
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
@@ -98,6 +105,10 @@ def test_config_scope_keys(tmp_path: Path):
         ("[scope]\nexclude_protocols = ['carrier-pigeon']", "'carrier-pigeon' is not one of"),
         ("[scope]\nwhat = 1", "[scope] what: 1 is not a known key"),
         ("[replay]\nquiet_ms = -1", "[replay] quiet_ms: -1 is not an integer"),
+        ("[replay]\nchase = 1", "[replay] chase: 1 is not true or false"),
+        ("[replay]\nchase = 'no'", "[replay] chase: 'no' is not true or false"),
+        ("[replay]\nchase_max = 0", "[replay] chase_max: 0 is not an integer in 1..10000"),
+        ("[replay]\nchase_max = true", "[replay] chase_max: True is not an integer"),
         ("log_level = 'loud'", "log_level: 'loud'"),
         ("state_dir = 'relative'", "state_dir: 'relative'"),
         ("scope = [", "not valid TOML"),

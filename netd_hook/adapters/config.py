@@ -44,6 +44,11 @@ class Replay:
     stuck_ms: int = 5000
     ack_timeout_ms: int = 2000
     max_attempts: int = 5
+    # Put back what networkd deletes while it is still configuring (rules: its pass is over
+    # for each one it deleted; routes wait for the re-read once it settles), at most chase_max
+    # batches per busy spell. false: wait until every managed link has settled, then repair.
+    chase: bool = True
+    chase_max: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,12 @@ def _protocols(path: str, key: str, value: Any) -> frozenset[int]:
     return frozenset(out)
 
 
+def _bool(path: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(path, key, value, "is not true or false")
+    return value
+
+
 def _section(path: str, doc: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
     sec = doc.get(name, {})
     if not isinstance(sec, dict):
@@ -152,15 +163,18 @@ def parse(doc: dict[str, Any], path: str) -> Config:
     scope = dataclasses.replace(scope, **kw)
 
     rsec = _section(path, doc, "replay", {"quiet_ms", "absent_grace_ms", "stuck_ms", "ack_timeout_ms",
-                                          "max_attempts"})
+                                          "max_attempts", "chase", "chase_max"})
     limits = {
         "quiet_ms": (0, 60_000),
         "absent_grace_ms": (0, 600_000),
         "stuck_ms": (100, 600_000),
         "ack_timeout_ms": (10, 60_000),
         "max_attempts": (1, 100),
+        "chase_max": (1, 10_000),
     }
-    replay = Replay(**{k: _int(path, f"[replay] {k}", v, *limits[k]) for k, v in rsec.items()})
+    values: dict[str, Any] = {k: _bool(path, f"[replay] {k}", v) if k == "chase"
+                              else _int(path, f"[replay] {k}", v, *limits[k]) for k, v in rsec.items()}
+    replay = Replay(**values)
 
     log_level = doc.get("log_level", "info")
     if log_level not in LOG_LEVELS:

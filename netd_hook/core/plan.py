@@ -108,5 +108,19 @@ def plan(
     # Deterministic order: routes by table and prefix length (gateway /32 before default via it),
     # rules by priority.
     routes.sort(key=lambda r: (r.family, r.table, -int(r.dst.rsplit("/", 1)[1]), r.dst))
-    rules.sort(key=lambda r: (r.priority, r.family, r.table, r.src or "", r.dst or ""))
+    rules.sort(key=_rule_order)
     return Plan(tuple(routes), tuple(rules), tuple(skipped))
+
+
+def plan_rules(missing: Iterable[Rule], live: Liveness, set_aside: Collection[Entry] = ()) -> Plan:
+    """The rules of `missing` (protected, not in the kernel) the gate lets through: what a chase
+    puts back while networkd is still configuring. The caller computes `missing` as a set
+    difference, so a chase does not walk the whole snapshot."""
+    skipped: list[Skip] = []
+    rules = _missing(missing, (), set_aside, gate_rule, live, skipped)
+    rules.sort(key=_rule_order)
+    return Plan((), tuple(rules), tuple(skipped))
+
+
+def _rule_order(r: Rule) -> tuple[int, int, int, str, str]:
+    return (r.priority, r.family, r.table, r.src or "", r.dst or "")

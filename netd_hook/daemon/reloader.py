@@ -20,8 +20,9 @@ log = logging.getLogger("netd_hook.daemon.service")  # the daemon's one logger, 
 
 def params(cfg: configmod.Config) -> decide.Params:
     """The state machine's parameters, in seconds, from the configuration's [replay] table."""
-    return decide.Params(quiet=cfg.replay.quiet_ms / 1000, absent_grace=cfg.replay.absent_grace_ms / 1000,
-                         stuck_after=cfg.replay.stuck_ms / 1000)
+    r = cfg.replay
+    return decide.Params(quiet=r.quiet_ms / 1000, absent_grace=r.absent_grace_ms / 1000,
+                         stuck_after=r.stuck_ms / 1000, chase_max=r.chase_max if r.chase else 0)
 
 
 class Reloader:

@@ -21,7 +21,7 @@ from ..commands import ops
 from ..core.apply import Outcome, Writer, execute
 from ..core.links import managed
 from ..core.model import Entry
-from ..core.plan import Plan, gate_route, gate_rule, plan
+from ..core.plan import Plan, gate_route, gate_rule, plan, plan_rules
 from .holds import Holds
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Repairer:
         self.holds = Holds(svc)
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
+        self.chased: set[Entry] = set()  # put back while networkd was busy, this busy spell
 
     # read by the publisher (status.json)
     @property
@@ -104,14 +105,18 @@ class Repairer:
 
     # replaying ------------------------------------------------------------------------------
 
-    async def replay(self, trigger: str) -> None:
+    async def replay(self, trigger: str, chase: bool = False) -> None:
         svc = self.svc
         started = time.perf_counter()
         svc.inbox.catch_up()
-        # After networkd reconfigured a link, the kernel has flushed that link's table routes
-        # without a word (networkd re-adds its address): send every protected route along in
-        # this first batch. They are few, and EEXIST counts as present.
-        p = self.plan(trust_routes=not svc.state.verify)
+        if chase:  # networkd is still configuring: the rules its pass deleted, nothing else
+            t = svc.tracker
+            p = plan_rules(t.rules - t.present_rules, t.liveness(self._managed()), self.holds.entries())
+        else:
+            # After networkd reconfigured a link, the kernel has flushed that link's table routes
+            # without a word (networkd re-adds its address): send every protected route along in
+            # this first batch. They are few, and EEXIST counts as present.
+            p = self.plan(trust_routes=not svc.state.verify)
         dead = [s.entry for s in p.skipped if s.dead]
         for s in p.skipped:
             log.info("not restoring %s: %s", s.entry.describe(), s.reason)
@@ -138,6 +143,9 @@ class Repairer:
             entry, err = out.set_aside[0]
             svc.audit.emit(rollback_audit(trigger, entry.describe(), err, out.rolled_back, failed=len(out.set_aside)))
         c = svc.counters
+        if chase:
+            c.chases += 1
+            self.chased.update(p.rules)
         c.rules_restored += out.rules_restored
         c.routes_restored += out.routes_restored
         c.set_aside += len(out.set_aside)

@@ -59,6 +59,9 @@ class Counters:
     save_failures: int = 0  # snapshot writes that failed (full or read-only state directory)
     publish_failures: int = 0  # status.json or metrics writes that failed
     repairs_by_trigger: dict[str, int] = field(default_factory=dict)  # trigger kind: "reconfigure", ...
+    chases: int = 0  # batches sent while networkd was still busy (decide's chase)
+    chase_rewiped: int = 0  # entries a chase put back that networkd deleted again in the same busy spell
+    chase_capped: int = 0  # busy spells that used up [replay] chase_max (the rest waited for settled)
 
 
 class Service:
@@ -79,6 +82,7 @@ class Service:
         self.bus = BusCounters()
         self.state = decide.State(params=params(cfg))
         self.wake_at: float | None = None
+        self._rewiped_before = 0  # counters.chase_rewiped when the last busy spell ended
         self.tracker: Tracker  # the kernel view and the snapshot: set by lifecycle, once dumped
         self.mon: Any  # the netlink monitor socket: set by lifecycle
         self.networkd = NetworkdIdentity(self, networkd_sockets)
@@ -210,16 +214,32 @@ class Service:
                      "re-reading the kernel", device)
             await self._step(decide.Suspect(f"address-removed:{device}"))
 
+    def _spell(self, was: decide.State) -> None:
+        """What a step did to the chase of networkd's busy spell: logged and counted here."""
+        st = self.state
+        if st.capped and not was.capped:
+            self.counters.chase_capped += 1
+            log.warning("networkd deleted again what was put back, %d times while busy ([replay] chase_max): "
+                        "the rest is repaired once it settles", st.chases)
+        if not st.chases and was.chases:
+            if self.repairer.chased:
+                log.info("networkd settled after %d repairs while it was busy (%d entries deleted again after "
+                         "one of them)", was.chases, self.counters.chase_rewiped - self._rewiped_before)
+            self.repairer.chased.clear()
+            self._rewiped_before = self.counters.chase_rewiped
+
     async def _step(self, event: decide.Event) -> None:
         """The one place the state machine changes: its actions are carried out by their owners."""
         queue: list[decide.Event] = [event]
         while queue:
+            was = self.state
             self.state, actions = decide.step(self.state, queue.pop(0), anyio.current_time())
+            self._spell(was)
             for action in actions:
                 if isinstance(action, decide.Wake):
                     self.wake_at = action.at
                 elif isinstance(action, decide.Replay):
-                    await self.repairer.replay(action.trigger)
+                    await self.repairer.replay(action.trigger, chase=action.chase)
                     queue.append(decide.Done())
                 elif isinstance(action, decide.Verify):
                     missing = await self.repairer.verify()
