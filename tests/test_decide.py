@@ -248,7 +248,7 @@ def test_a_reload_while_networkd_is_busy_waits_for_it_and_keeps_the_first_cause(
 # The chase: losses while networkd is busy are put back at once (issue 13) ----------------
 
 def test_a_loss_while_networkd_configures_is_chased_at_once_then_verified_once_settled():
-    state = up(chase_max=8)
+    state = up(chase=True)
     state, out = run(state, [(1.0, LinkChanged(A, 2, "configuring", "eth1")), (1.001, Lost(40, "networkd"))])
     assert out == [(1.001, Replay("reconfigure:eth1", chase=True))]
     assert state.busy and state.lost == 0 and state.verify and state.chases == 1
@@ -259,40 +259,35 @@ def test_a_loss_while_networkd_configures_is_chased_at_once_then_verified_once_s
     assert out == []  # nothing more lost: nothing until networkd settles
     # Settled: the kernel is re-read (routes flushed with the address, a late pass), cause kept.
     state, out = run(state, [(1.05, LinkChanged(A, 2, "configured"))])
-    assert out == [(1.05, Verify("reconfigure:eth1"))] and state.chases == 0 and not state.capped
+    assert out == [(1.05, Verify("reconfigure:eth1"))] and state.chases == 0
 
 
-def test_chasing_is_bounded_per_busy_spell_then_waits_for_settled():
-    state = up(chase_max=2)
+def test_a_pass_that_deletes_again_is_chased_again_and_the_next_spell_starts_afresh():
+    state = up(chase=True)
     script = [(1.0, LinkChanged(A, 2, "configuring", "eth1"))]
-    for i in range(3):  # a pass that keeps deleting what was put back
+    for i in range(3):  # 249's second pass, netplan apply's pass per link
         script += [(1.01 + i / 100, Lost(5, "networkd")), (1.015 + i / 100, Done())]
     state, out = run(state, script)
-    assert [a for _, a in out] == [Replay("reconfigure:eth1", chase=True)] * 2
-    assert state.capped and state.lost == 5 and state.chases == 2
+    assert [a for _, a in out] == [Replay("reconfigure:eth1", chase=True)] * 3 and state.chases == 3
     state, out = run(state, [(1.1, LinkChanged(A, 2, "configured"))])
-    assert out == [(1.1, Replay("reconfigure:eth1"))]  # the rest, once settled, as without chasing
-    assert not state.capped and state.chases == 0
-    state, out = run(state, [(1.11, Done())])
-    assert out == [(1.11, Verify("reconfigure:eth1"))]
-    # The next busy spell chases again.
-    state, out = run(state, [(1.12, Done()), (2.0, LinkChanged(A, 1, "configuring", "eth0")),
+    assert out == [(1.1, Verify("reconfigure:eth1"))] and state.chases == 0
+    state, out = run(state, [(1.11, Done()), (2.0, LinkChanged(A, 1, "configuring", "eth0")),
                              (2.01, Lost(1, "networkd"))])
-    assert out[-1] == (2.01, Replay("reconfigure:eth0", chase=True))
+    assert out[-1] == (2.01, Replay("reconfigure:eth0", chase=True)) and state.chases == 1
 
 
-def test_without_chase_max_a_loss_while_busy_waits_for_settled():
-    state = up()  # chase_max 0, as with [replay] chase = false
+def test_without_chase_a_loss_while_busy_waits_for_settled():
+    state = up()  # as with [replay] chase = false
     state, out = run(state, [(1.0, LinkChanged(A, 2, "configuring", "eth1")), (1.001, Lost(40, "networkd"))])
-    assert out == [] and state.lost == 40 and not state.capped
+    assert out == [] and state.lost == 40
 
 
 def test_a_chase_keeps_the_quiet_period_and_networkd_off_the_bus_is_not_chased():
-    state = up(chase_max=8, quiet=0.5)
+    state = up(chase=True, quiet=0.5)
     state, out = run(state, [(1.0, LinkChanged(A, 2, "configuring", "eth1")), (1.1, Lost(4, "networkd"))])
     assert out == [(1.1, Wake(1.6))]
     state, out = run(state, [(1.6, Tick())])
     assert out == [(1.6, Replay("reconfigure:eth1", chase=True))]
-    gone = up(chase_max=8)
+    gone = up(chase=True)
     gone, out = run(gone, [(1.0, OwnerChanged(None)), (1.1, Lost(4, "networkd"))])
     assert out[-1] == (1.1, Wake(6.0))  # absent_grace, as before: nobody is configuring anything

@@ -91,9 +91,8 @@ def test_config_scope_keys(tmp_path: Path):
 
 def test_the_chase_is_on_by_default_and_off_with_chase_false():
     from netd_hook.daemon.reloader import params
-    assert params(parse({}, "t.toml")).chase_max == 64
-    assert params(parse({"replay": {"chase_max": 3}}, "t.toml")).chase_max == 3
-    assert params(parse({"replay": {"chase": False, "chase_max": 3}}, "t.toml")).chase_max == 0
+    assert params(parse({}, "t.toml")).chase is True and parse({}, "t.toml").replay.chase_max == 8
+    assert params(parse({"replay": {"chase": False}}, "t.toml")).chase is False
 
 
 @pytest.mark.parametrize(
@@ -107,7 +106,7 @@ def test_the_chase_is_on_by_default_and_off_with_chase_false():
         ("[replay]\nquiet_ms = -1", "[replay] quiet_ms: -1 is not an integer"),
         ("[replay]\nchase = 1", "[replay] chase: 1 is not true or false"),
         ("[replay]\nchase = 'no'", "[replay] chase: 'no' is not true or false"),
-        ("[replay]\nchase_max = 0", "[replay] chase_max: 0 is not an integer in 1..10000"),
+        ("[replay]\nchase_max = 0", "[replay] chase_max: 0 is not an integer in 1..1000"),
         ("[replay]\nchase_max = true", "[replay] chase_max: True is not an integer"),
         ("log_level = 'loud'", "log_level: 'loud'"),
         ("state_dir = 'relative'", "state_dir: 'relative'"),

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,39 @@ def test_a_reload_reaches_the_state_machine_as_an_event_and_re_reads_the_kernel(
     anyio.run(svc._handle, [Reload()], 0.0)
     assert svc.state.params.quiet == 0.25 and resyncs == [1] and writer.sent == []
     assert any("reload failed, keeping the running configuration" in m for m in caplog.messages)
+
+
+def _chasing(svc: Service, chase_max: int) -> None:
+    svc.cfg = replace(svc.cfg, replay=replace(svc.cfg.replay, chase=True, chase_max=chase_max))
+    svc.state = replace(svc.state, params=replace(svc.state.params, chase=True))
+
+
+def test_networkds_pass_is_chased_while_it_configures_and_an_entry_chased_too_often_waits(
+        tmp_path: Path, kept: list[Any]) -> None:
+    """Issue 13: networkd's deletions while eth1 is still configuring are put back at once; a
+    pass that deletes them again is chased again, each entry at most chase_max times in a busy
+    spell; beyond that they wait for networkd to settle, and the re-read then puts them back."""
+    svc, writer, tracker = _service(tmp_path, kept)
+    _chasing(svc, 2)
+    gone = set(pod_rules("10.1.1.6", 2))
+    for i in range(2):
+        anyio.run(svc._handle, [Change(False, r, NETWORKD_PORT) for r in gone], 0.0)
+        assert writer.sent == [2] * (i + 1) and svc.state.links[ETH1] == "configuring"
+        anyio.run(svc._handle, [Change(True, r, 777) for r in gone], 0.0)  # the batch's echoes
+    assert (svc.counters.chases, svc.counters.chase_rewiped, svc.counters.chase_capped) == (2, 2, 2)
+    anyio.run(svc._handle, [Change(False, r, NETWORKD_PORT) for r in gone], 0.0)
+    assert writer.sent == [2, 2]  # chased twice already: left for the re-read once settled
+    _kernel_without(svc, gone)
+    anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
+    assert writer.sent == [2, 2, 2] and gone <= tracker.rules
+    assert svc.state.chases == 0 and not svc.repairer.chased and not svc.repairer.tired  # the next spell afresh
+
+
+def test_without_chase_networkds_deletions_wait_for_it_to_settle(tmp_path: Path, kept: list[Any]) -> None:
+    svc, writer, _ = _service(tmp_path, kept)
+    gone = set(pod_rules("10.1.1.6", 2))
+    anyio.run(svc._handle, [Change(False, r, NETWORKD_PORT) for r in gone], 0.0)
+    assert writer.sent == [] and svc.state.lost == 2
+    _kernel_without(svc, gone)
+    anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
+    assert writer.sent[:1] == [2] and svc.counters.chases == 0

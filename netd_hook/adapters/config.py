@@ -45,10 +45,11 @@ class Replay:
     ack_timeout_ms: int = 2000
     max_attempts: int = 5
     # Put back what networkd deletes while it is still configuring (rules: its pass is over
-    # for each one it deleted; routes wait for the re-read once it settles), at most chase_max
-    # batches per busy spell. false: wait until every managed link has settled, then repair.
+    # for each one it deleted; routes wait for the re-read once it settles); one entry at most
+    # chase_max times per busy spell (a pass that keeps deleting it: then it waits for settled).
+    # false: wait until every managed link has settled, then repair.
     chase: bool = True
-    chase_max: int = 64
+    chase_max: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,7 @@ def parse(doc: dict[str, Any], path: str) -> Config:
         "stuck_ms": (100, 600_000),
         "ack_timeout_ms": (10, 60_000),
         "max_attempts": (1, 100),
-        "chase_max": (1, 10_000),
+        "chase_max": (1, 1000),
     }
     values: dict[str, Any] = {k: _bool(path, f"[replay] {k}", v) if k == "chase"
                               else _int(path, f"[replay] {k}", v, *limits[k]) for k, v in rsec.items()}

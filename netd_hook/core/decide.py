@@ -12,8 +12,8 @@ A loss while networkd is busy is chased: the rules it deleted are put back at on
 with `chase`), while the link is still configuring. networkd deletes every foreign rule in one
 pass at the start of a link's configure and takes a rule added after its pass for a new foreign
 one, left alone until its next pass; 249 makes a second pass on reconfigure, and `netplan apply`
-one per link, so what a pass deletes again is chased again, at most `chase_max` times per busy
-spell (then, as with chase_max 0, the repair waits for settled). Routes are not chased (the
+one per link, so what a pass deletes again is chased again (the repairer bounds how often one
+entry is, per busy spell). Routes are not chased (the
 kernel flushes a reconfigured link's table routes with its address, which networkd re-adds
 later): every busy spell ends with a re-read of the kernel once networkd has settled, and a
 replay of whatever is still missing. A loss seen while a replay is in flight is remembered and
@@ -38,7 +38,7 @@ class Params:
     # A link busy this long (no carrier, a DHCP server that never answers, never initialized by
     # udev) no longer holds back repairs of what the other links' passes deleted.
     stuck_after: float = math.inf
-    chase_max: int = 0  # replays while networkd is busy, per busy spell; 0: wait for settled
+    chase: bool = False  # replay while networkd is busy (rules); False: wait for settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,6 @@ class State:
     busy: bool = False  # a replay or verification is running
     trigger: str | None = None  # why the next replay happens (first cause since the last one)
     chases: int = 0  # replays while networkd was busy, in this busy spell
-    capped: bool = False  # this busy spell has used up chase_max: the rest waits for settled
 
 
 # Events -----------------------------------------------------------------------------------
@@ -247,8 +246,8 @@ def _apply(state: State, event: Event, now: float) -> State:
 def _drive(state: State, now: float) -> tuple[State, list[Action]]:
     if state.busy:
         return state, []
-    if (state.chases or state.capped) and settled(state, now):
-        state = replace(state, chases=0, capped=False)  # the busy spell is over
+    if state.chases and settled(state, now):
+        state = replace(state, chases=0)  # the busy spell is over
     if not (state.lost or state.verify):
         if state.trigger and settled(state, now):
             return replace(state, trigger=None), []  # the busy spell passed without a loss
@@ -256,15 +255,13 @@ def _drive(state: State, now: float) -> tuple[State, list[Action]]:
     if not settled(state, now):
         if state.owner is None:
             return state, [Wake(state.owner_since + state.params.absent_grace)]
-        if state.lost and state.chases < state.params.chase_max:
+        if state.lost and state.params.chase:
             ready_at = state.last_loss + state.params.quiet
             if now < ready_at:
                 return state, [Wake(ready_at)]
             # The trigger stays for the re-read once settled, which a chase always leads to.
             return (replace(state, lost=0, busy=True, verify=True, chases=state.chases + 1),
                     [Replay(state.trigger or "unknown", chase=True)])
-        if state.lost and state.params.chase_max and not state.capped:
-            state = replace(state, capped=True)
         # Wake when the longest-busy link that is not stuck yet would count as stuck.
         ends = [t + state.params.stuck_after for i, t in state.busy_since.items()
                 if state.links.get(i) in BUSY_STATES and not _stuck(state, i, now)]

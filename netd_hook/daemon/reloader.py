@@ -22,7 +22,7 @@ def params(cfg: configmod.Config) -> decide.Params:
     """The state machine's parameters, in seconds, from the configuration's [replay] table."""
     r = cfg.replay
     return decide.Params(quiet=r.quiet_ms / 1000, absent_grace=r.absent_grace_ms / 1000,
-                         stuck_after=r.stuck_ms / 1000, chase_max=r.chase_max if r.chase else 0)
+                         stuck_after=r.stuck_ms / 1000, chase=r.chase)
 
 
 class Reloader:

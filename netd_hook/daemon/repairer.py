@@ -44,7 +44,8 @@ class Repairer:
         self.holds = Holds(svc)
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
-        self.chased: set[Entry] = set()  # put back while networkd was busy, this busy spell
+        self.chased: dict[Entry, int] = {}  # put back while networkd was busy, this busy spell: how often
+        self.tired: set[Entry] = set()  # chased chase_max times this spell: left for the re-read once settled
 
     # read by the publisher (status.json)
     @property
@@ -111,7 +112,7 @@ class Repairer:
         svc.inbox.catch_up()
         if chase:  # networkd is still configuring: the rules its pass deleted, nothing else
             t = svc.tracker
-            p = plan_rules(t.rules - t.present_rules, t.liveness(self._managed()), self.holds.entries())
+            p = plan_rules(t.rules - t.present_rules, t.liveness(self._managed()), self.holds.entries() | self.tired)
         else:
             # After networkd reconfigured a link, the kernel has flushed that link's table routes
             # without a word (networkd re-adds its address): send every protected route along in
@@ -145,7 +146,7 @@ class Repairer:
         c = svc.counters
         if chase:
             c.chases += 1
-            self.chased.update(p.rules)
+            self._chased(p.rules)
         c.rules_restored += out.rules_restored
         c.routes_restored += out.routes_restored
         c.set_aside += len(out.set_aside)
@@ -155,6 +156,22 @@ class Repairer:
             log.debug("replay (%s): all %d entries were already present", trigger, out.already_present)
             return
         self._record(trigger, started, p, out)
+
+    def _chased(self, rules: tuple[Entry, ...]) -> None:
+        limit, tired = self.svc.cfg.replay.chase_max, []
+        for rule in rules:
+            n = self.chased[rule] = self.chased.get(rule, 0) + 1
+            if n >= limit:
+                tired.append(rule)
+        if tired:
+            self.tired.update(tired)
+            self.svc.counters.chase_capped += len(tired)
+            log.warning("%d entries (e.g. %s) were put back %d times while networkd was busy ([replay] chase_max): "
+                        "if deleted again, they wait for it to settle", len(tired), tired[0].describe(), limit)
+
+    def spell_over(self) -> None:
+        self.chased.clear()
+        self.tired.clear()
 
     async def _lock_replays(self) -> None:
         """The lock `netd-hook replay` takes: uncontended it costs one syscall; held by a one-shot

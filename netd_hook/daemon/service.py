@@ -61,7 +61,7 @@ class Counters:
     repairs_by_trigger: dict[str, int] = field(default_factory=dict)  # trigger kind: "reconfigure", ...
     chases: int = 0  # batches sent while networkd was still busy (decide's chase)
     chase_rewiped: int = 0  # entries a chase put back that networkd deleted again in the same busy spell
-    chase_capped: int = 0  # busy spells that used up [replay] chase_max (the rest waited for settled)
+    chase_capped: int = 0  # entries chased [replay] chase_max times in a busy spell: then left for the re-read
 
 
 class Service:
@@ -215,17 +215,11 @@ class Service:
             await self._step(decide.Suspect(f"address-removed:{device}"))
 
     def _spell(self, was: decide.State) -> None:
-        """What a step did to the chase of networkd's busy spell: logged and counted here."""
-        st = self.state
-        if st.capped and not was.capped:
-            self.counters.chase_capped += 1
-            log.warning("networkd deleted again what was put back, %d times while busy ([replay] chase_max): "
-                        "the rest is repaired once it settles", st.chases)
-        if not st.chases and was.chases:
-            if self.repairer.chased:
-                log.info("networkd settled after %d repairs while it was busy (%d entries deleted again after "
-                         "one of them)", was.chases, self.counters.chase_rewiped - self._rewiped_before)
-            self.repairer.chased.clear()
+        """The end of a busy spell that was chased: said in one line; the chase starts afresh."""
+        if was.chases and not self.state.chases:
+            log.info("networkd settled after %d repairs while it was busy (%d entries deleted again after one)",
+                     was.chases, self.counters.chase_rewiped - self._rewiped_before)
+            self.repairer.spell_over()
             self._rewiped_before = self.counters.chase_rewiped
 
     async def _step(self, event: decide.Event) -> None:
