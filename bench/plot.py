@@ -32,7 +32,8 @@ def _panel(ax: Any, tl: dict[str, Any]) -> float:
     """One trial on ``ax``; returns the last moment drawn (ms)."""
     from matplotlib.collections import LineCollection
 
-    first, again = [], []
+    first: list[list[tuple[float, int]]] = []  # one [(start, y), (end, y)] segment per outage
+    again: list[list[tuple[float, int]]] = []
     for y, spans in enumerate(tl["rules"]):
         for k, (a, b) in enumerate(spans):
             (first if k == 0 else again).append([(a, y), (b, y)])
