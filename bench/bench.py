@@ -1,6 +1,7 @@
 """netd-hook benchmark: replay throughput, end-to-end repair latency, idle RSS.
 
-    cd /work/main && .venv/bin/python -m bench.bench [--quick] [--json FILE]
+    cd /work/main && .venv/bin/python -m bench.bench [--quick] [--json FILE] [--mode today|chase|both]
+                                                     [--plot FILE.png]
 
 A benchmark, not a test: it prints medians over repeated runs and ratios against baselines
 measured in the same run. Needs root, iproute2 and (part 2) systemd-networkd + dbus-daemon.
@@ -22,22 +23,31 @@ afterwards with ``ip -j rule show``; a trial that did not apply every rule is an
 Part 2, repair latency: the real daemon in the lab (real networkd, private D-Bus), 300 and
 1,000 pods over eth1/eth2; ``networkctl reconfigure eth1`` repeatedly. An independent
 observer process in the lab (``bench.observer``) timestamps every IPv4 rule notification (raw
-netlink monitor socket) and every link AdministrativeState change (D-Bus): the outage runs
-from the first deletion of a protected rule to the moment every deleted rule is back.
+netlink monitor socket, with the port and seq of the request behind it) and every link
+AdministrativeState change (D-Bus). The headline: each deleted rule's outage (deletion -> back,
+summed over re-wipes; p50, p99, max), beside the node outage (first loss -> all back),
+networkd's own deletion span and the time one ``ip -batch`` takes to re-add the same rules in
+the same lab (measured after the trials, the daemon stopped). ``--mode``: the daemon as today
+(it waits until every link is configured) or chasing the wipe (issue 13), or both, each in a
+fresh lab per pod count; ``--plot FILE.png`` draws one trial per mode (and FILE.svg).
 
 Part 3, the daemon's idle VmRSS after part 2.
 
 The modules: this one is the command line; ``bench.replay`` (part 1) with ``bench.worker``
 (its senders in the trial namespace), ``bench.latency`` (parts 2 and 3) with
-``bench.observer``, ``bench.report`` (everything printed on stdout); ``bench.rtnl`` (the
-kernel constants and message walk of the floor and the observer, none of netd_hook's) and
-``bench.common`` (paths, targets, progress on stderr).
+``bench.observer``, ``bench.outage`` (the pure analysis of its events) and ``bench.labtools``
+(ports, memory, the ip -batch reference), ``bench.targets`` (issue 13's targets, as ratios of
+figures of the same run), ``bench.report`` (everything printed on stdout), ``bench.plot`` (the
+picture; matplotlib, the optional ``bench`` extra); ``bench.rtnl`` (the kernel constants and
+message walk of the floor and the observer, none of netd_hook's) and ``bench.common`` (paths,
+limits, progress on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import importlib.util
 import json
 import os
 import platform
@@ -47,7 +57,7 @@ import sys
 import time
 from typing import Any
 
-from bench import latency, replay, report
+from bench import latency, replay, report, targets
 from bench.common import IP, log
 
 
@@ -82,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
                     help="how the lab starts networkd (socket: as systemd does on a node)")
     ap.add_argument("--pods", type=int, nargs="+", metavar="N", help="pod counts for part 2")
     ap.add_argument("--iterations", type=int, metavar="N", help="reconfigures per pod count in part 2")
+    ap.add_argument("--mode", choices=("today", "chase", "both"), default="both",
+                    help="part 2's daemon: today's (waits for networkd to settle), chasing the wipe, or both")
+    ap.add_argument("--plot", metavar="FILE.png", help="draw one trial per mode to FILE.png and FILE.svg")
     return ap
 
 
@@ -104,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         pod_counts, iterations = [300, 1000], {300: 15, 1000: 10}
     if args.pods:
         pod_counts = args.pods
+    modes = ("today", "chase") if args.mode == "both" else (args.mode,)
+    if args.plot and not args.plot.endswith(".png"):
+        print("--plot: FILE.png (FILE.svg is drawn beside it)", file=sys.stderr)
+        return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the runs, not after
+        print("--plot needs matplotlib: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     if args.iterations or args.pods:
         iterations = {n: args.iterations or iterations.get(n, 10) for n in pod_counts}
     lab_kwargs: dict[str, Any] = {"activation": args.activation}
@@ -120,9 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_lab:
             log(f"part 2: repair latency in the lab (networkd {args.networkd}, "
                 f"{'socket-activated' if args.activation == 'socket' else 'self-started'}, udev)")
-            result["latency"], result["memory"] = latency.part2(pod_counts, iterations, lab_kwargs)
+            result["latency"], result["memory"] = latency.part2(pod_counts, iterations, lab_kwargs, modes)
+            result["configs"] = {m: latency.MODES[m] for m in modes}
+            lab_label = (f"networkd {args.networkd} ({lab_kwargs.get('networkd', '/lib/systemd/systemd-networkd')}), "
+                         f"{'socket-activated' if args.activation == 'socket' else 'self-started'}, udev")
+            report.report_headline(result["latency"], result["configs"], lab_label)
             report.report_part2(result["latency"])
             report.report_memory(result["memory"])
+            if args.plot:
+                from bench import plot
+
+                for path in plot.draw(result["latency"], args.plot, f"networkd {args.networkd}"):
+                    log(f"picture: {path}")
+        result["targets"] = targets.all_targets(result)
+        report.report_targets(result["targets"])
     finally:
         replay.Netns.close_all()
         result["elapsed_s"] = time.monotonic() - started

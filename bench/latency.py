@@ -1,138 +1,74 @@
 """Part 2, the workload: the real daemon in the lab (real networkd, private D-Bus), N pods over
-eth1/eth2, ``networkctl reconfigure eth1`` repeatedly; each outage read from bench.observer's
-events (``analyse``) and from the daemon's own log lines. Part 3, the daemon's idle VmRSS, is
-taken at the end of the last pod count."""
+eth1/eth2, ``networkctl reconfigure eth1`` repeatedly; each trial read from bench.observer's
+events (bench.outage: per rule, node, networkd's pass, batches) and from the daemon's own log
+lines. Then, the daemon stopped, the reference: one ``ip -batch`` re-adding what networkd
+deleted (bench.labtools). Each mode (today: the daemon waits until every link is configured;
+chase: it puts rules back while networkd is still configuring) in a fresh lab per pod count.
+Part 3, the daemon's idle VmRSS, is taken at the end of each mode's last pod count."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import LATENCY_TARGET_MS, TrialError, log, median
+from bench import labtools
+from bench.common import TrialError, log, median
 from bench.observer import Observer
-from bench.rtnl import RTPROT_KERNEL, RTPROT_STATIC
+from bench.outage import NoOutage, first_vs_later, guess_networkd_ports, spread, trial
+
+# The daemon's [replay] chase (issue 13) picks the mode; chase is its default.
+CHASE_OFF = "[replay]\nchase = false\n"
+# Until the daemon knows [replay] chase it refuses the key, and its default is today's way:
+# today runs on the default config too. Set this to CHASE_OFF once the key exists.
+TODAY_CONFIG: str | None = None
+MODES: dict[str, str | None] = {"today": TODAY_CONFIG, "chase": None}  # mode -> the daemon's config
 
 
-def analyse(events: dict[str, Any], eth1: int, table: int | None, t_cmd: float) -> dict[str, Any]:
-    """One reconfigure, from the observer's events: outage of protected rules and networkd's timing."""
-    missing: set[int] = set()
-    deleted: set[int] = set()
-    t_loss = t_back = t_last_del = None
-    whole_again = 0
-    for t, kind, key, _prio, proto, _port in events["rules"]:
-        if proto in (RTPROT_KERNEL, RTPROT_STATIC):  # outside the daemon's scope: not protected
-            continue
-        if kind == "D":
-            if t_loss is None:
-                t_loss = t
-            t_last_del = t
-            missing.add(key)
-            deleted.add(key)
-        elif key in missing:
-            missing.discard(key)
-            if not missing:
-                t_back = t
-                whole_again += 1
-    if t_loss is None:
-        raise TrialError("reconfigure eth1 deleted no protected rule")
-    if missing or t_back is None:
-        raise TrialError(f"{len(missing)} deleted rules never came back")
-    eth1_states = [(t, s) for t, i, s in events["states"] if i == eth1 and t >= t_cmd]
-    t_configuring = next((t for t, s in eth1_states if s == "configuring"), None)
-    t_configured = next((t for t, s in eth1_states if s == "configured" and t_configuring and t > t_configuring),
+def analyse(events: dict[str, Any], eth1: int, table: int | None, t_cmd: float,
+            nd_ports: set[int], daemon_ports: set[int]) -> dict[str, Any]:
+    """One reconfigure, from the observer's events: bench.outage's figures of the protected rules,
+    and networkd's timing (eth1's AdministrativeState) and the per-ENI table routes."""
+    # Two ways to know networkd's port: the sockets it holds, and who deleted the most. They
+    # must agree; a disagreement would make every figure below about someone else's deletions.
+    guess = guess_networkd_ports(events["rules"])
+    if not guess <= nd_ports:
+        raise TrialError(f"the port that deleted the most rules, {guess}, is not networkd's {nd_ports}")
+    try:
+        s = trial(events["rules"], nd_ports, daemon_ports)
+    except NoOutage as e:
+        raise TrialError(f"reconfigure eth1: {e}") from None
+    t_loss, t_back = s["t_loss"], s["t_back"]
+    eth1_states = [(t, st) for t, i, st in events["states"] if i == eth1 and t >= t_cmd]
+    t_configuring = next((t for t, st in eth1_states if st == "configuring"), None)
+    t_configured = next((t for t, st in eth1_states if st == "configured" and t_configuring and t > t_configuring),
                         None)
     # eth1's table routes go with its address, mostly without a notification: all we can see is
     # when they are added back (the daemon restores them after its post-settle re-read).
     route_adds = [t for t, kind, tbl in events["routes"] if kind == "N" and tbl == table and t >= t_loss]
-    return {
-        "deleted": len(deleted),
-        "t_last_del": t_last_del,
+    s["timeline"]["configuring_ms"] = round((t_configuring - t_loss) * 1000, 3) if t_configuring else None
+    s["timeline"]["configured_ms"] = round((t_configured - t_loss) * 1000, 3) if t_configured else None
+    s.update({
         "routes_back_ms": (max(route_adds) - t_loss) * 1000 if route_adds else None,
         "route_dels_seen": sum(1 for _t, kind, tbl in events["routes"] if kind == "D" and tbl == table),
-        "outage_ms": (t_back - t_loss) * 1000,
         "cmd_to_loss_ms": (t_loss - t_cmd) * 1000,
-        "whole_again": whole_again,  # >1: the node was whole, then lost rules again (re-wipe)
         "configuring_to_configured_ms": (t_configured - t_configuring) * 1000 if t_configured and t_configuring
         else None,
         "loss_to_configured_ms": (t_configured - t_loss) * 1000 if t_configured else None,
         "configured_to_back_ms": (t_back - t_configured) * 1000 if t_configured else None,
         "overruns": events["overruns"],
         "t_configured": t_configured,
-    }
+    })
+    return s
 
 
-def daemon_pid(proc: subprocess.Popen[str]) -> int:
-    """The python process behind the Daemon's nsenter wrapper (nsenter execs, or forks one child)."""
-    pid = proc.pid
-    for _ in range(3):
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() != "nsenter":
-                return pid
-        children = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                children += [int(c) for c in f.read().split()]
-        if len(children) != 1:
-            raise RuntimeError(f"cannot find the daemon under pid {pid}: children {children}")
-        pid = children[0]
-    return pid
-
-
-def rss(pid: int) -> dict[str, float]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                fields[key] = float(value.split()[0])  # kB
-    return fields
-
-
-def timed_daemon_class() -> Any:
-    from tests.daemon import Daemon
-
-    class TimedDaemon(Daemon):
-        """tests.daemon.Daemon that also notes when each log line arrived (time.monotonic)."""
-
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            super().__init__(*args, **kw)
-            self.stamps: list[float] = []
-
-        def _read_log(self, proc: subprocess.Popen[str]) -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                t = time.monotonic()
-                with self._cond:
-                    self.lines.append(line.rstrip("\n"))
-                    self.stamps.append(t)
-                    self._cond.notify_all()
-
-        def stamps_of(self, needle: str, start: int, until: float | None) -> list[float]:
-            with self._cond:
-                pairs = list(zip(self.stamps[start:], self.lines[start:], strict=True))
-            return [t for t, line in pairs if needle in line and (until is None or t <= until)]
-
-        def repair_stamps(self, start: int) -> list[tuple[float, dict[str, str]]]:
-            """Daemon.repairs(start), each with its line's arrival. The condition's lock is
-            re-entrant: no line arrives between the two reads; strict zip: a Daemon.repairs()
-            that picked other lines than " repair trigger=" would raise, not mismatch."""
-            with self._cond:
-                pairs = list(zip(self.stamps[start:], self.lines[start:], strict=True))
-                times = [t for t, line in pairs if " repair trigger=" in line]
-                return list(zip(times, self.repairs(start), strict=True))
-
-    return TimedDaemon
-
-
-def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any,
-                     is_whole: Callable[[], bool]) -> dict[str, Any]:
+def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any, is_whole: Callable[[], bool],
+                     nd_ports: set[int], daemon_ports: set[int]) -> dict[str, Any]:
     """One ``networkctl reconfigure eth1``, until the node is whole and settled again: the
-    observer's figures (``analyse``) and the daemon's, from its log."""
+    observer's figures (``analyse``) and the daemon's, from its log. ``daemon_ports`` gains the
+    sockets the daemon holds once the trial is over (one it opened for this repair, too)."""
     from tests.daemon import wait_until
 
     observer.dump()  # discard anything before this iteration
@@ -144,11 +80,16 @@ def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any,
     wait_until(is_whole, 15, "the node to be whole again", interval=0.05)
     lab.wait_settled()
     time.sleep(1.2)  # a second repair (routes) and the delayed snapshot save land here
-    s = analyse(observer.dump(), eth1.ifindex, eth1.table, t_cmd)
+    # Its sockets but networkd's: a socket-activated daemon holds networkd's socket too.
+    daemon_ports |= labtools.netlink_ports(labtools.inner_pid(daemon.proc.pid)) - nd_ports
+    s = analyse(observer.dump(), eth1.ifindex, eth1.table, t_cmd, nd_ports, daemon_ports)
     stamped = daemon.repair_stamps(mark)
     repairs = [r for _t, r in stamped]
     rule_repairs = [(t, r) for t, r in stamped if int(r["rules_restored"]) > 0]
     s["repairs"] = repairs
+    s["rule_repairs"] = len(rule_repairs)
+    # What the daemon says it sent for the rules (a record without the field counts as one batch).
+    s["logged_batches"] = sum(int(r.get("batches", 1)) for _t, r in rule_repairs)
     s["duration_ms"] = float(rule_repairs[0][1]["duration_ms"]) if rule_repairs else None
     # The repair line is logged when the batch is done: its arrival minus duration_ms
     # is (about) when the replay started.
@@ -165,33 +106,30 @@ def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any,
     return s
 
 
-def idle_memory(daemon: Any, pods: int) -> dict[str, Any]:
-    time.sleep(2.0)
-    pid = daemon_pid(daemon.proc) if daemon.proc else 0
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        cmdline = f.read().replace(b"\0", b" ").decode().strip()
-    return {"pods": pods, "pid": pid, "cmdline": cmdline, **rss(pid)}
-
-
-def part2(pod_counts: Sequence[int], iterations: dict[int, int],
-          lab_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every pod count in its own lab; the memory of the daemon of the last one."""
-    out: dict[str, Any] = {}
+def part2(pod_counts: Sequence[int], iterations: dict[int, int], lab_kwargs: dict[str, Any] | None = None,
+          modes: Sequence[str] = ("today",)) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per mode, every pod count in its own lab (the modes alternate per pod count, so that the
+    machine's noise hits both alike); per mode, the memory of the daemon of the last pod count."""
+    out: dict[str, Any] = {m: {} for m in modes}
     memory: dict[str, Any] = {}
     for pods in pod_counts:
-        samples, mem = pod_count(pods, iterations[pods], lab_kwargs or {}, measure_memory=pods == pod_counts[-1])
-        memory = mem or memory
-        out[str(pods)] = summarize(pods, samples)
+        for mode in modes:
+            samples, ref, mem = pod_count(pods, iterations[pods], lab_kwargs or {}, mode,
+                                          measure_memory=pods == pod_counts[-1])
+            if mem:
+                memory[mode] = mem
+            out[mode][str(pods)] = summarize(pods, samples, ref)
     return out, memory
 
 
-def pod_count(pods: int, iterations: int, lab_kwargs: dict[str, Any],
-              measure_memory: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A fresh lab with ``pods`` pods, the daemon and the observer; ``iterations`` reconfigures."""
+def pod_count(pods: int, iterations: int, lab_kwargs: dict[str, Any], mode: str,
+              measure_memory: bool) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """A fresh lab with ``pods`` pods, the daemon in ``mode`` and the observer; ``iterations``
+    reconfigures, then the daemon's memory and the ip -batch reference."""
     from tests.daemon import route_set, rule_set
     from tests.lab import Lab, pod_ips
 
-    log(f"lab: {pods} pods")
+    log(f"lab: {pods} pods, mode {mode}")
     memory: dict[str, Any] = {}
     with Lab(**lab_kwargs) as lab, tempfile.TemporaryDirectory(prefix="ndhb-state-") as tmp:
         enis = [lab.add_eni(1), lab.add_eni(2)]
@@ -206,22 +144,33 @@ def pod_count(pods: int, iterations: int, lab_kwargs: dict[str, Any],
             return rule_set(lab, (4,)), route_set(lab, (2, 3))
 
         want = whole()
-        daemon = timed_daemon_class()(lab, Path(tmp) / "state", log_level="info").start()
+        nd_ports = labtools.networkd_ports(lab)
+        daemon = labtools.timed_daemon_class()(lab, Path(tmp) / "state", log_level="info",
+                                               config=MODES[mode]).start()
         observer = Observer(lab)
         samples: list[dict[str, Any]] = []
         try:
+            daemon_ports: set[int] = set()
             time.sleep(1.5)  # the daemon's first snapshot save (SAVE_DELAY) is behind us
             for it in range(iterations):
-                s = reconfigure_once(lab, daemon, observer, enis[0], lambda: whole() == want)
+                s = reconfigure_once(lab, daemon, observer, enis[0], lambda: whole() == want, nd_ports,
+                                     daemon_ports)
+                s["nd_ports"], s["daemon_ports"] = sorted(nd_ports), sorted(daemon_ports)
                 samples.append(s)
-                log(f"  {pods} pods #{it + 1}: outage {s['outage_ms']:.1f} ms, daemon {s['duration_ms']} ms, "
-                    f"deleted {s['deleted']}, configured->back {s['configured_to_back_ms']}")
+                pr = s["per_rule"]
+                log(f"  {pods} pods {mode} #{it + 1}: per rule p50 {pr['p50']:.1f} max {pr['max']:.1f} ms, "
+                    f"node {s['outage_ms']:.1f} ms, networkd's pass {s['nd_span_ms'] or 0:.1f} ms, "
+                    f"batches {s['batches']}, deleted {s['deleted']}, re-wiped {s['rewiped']}")
             if measure_memory:
-                memory = idle_memory(daemon, pods)
+                memory = labtools.idle_memory(daemon, pods)
+            daemon.close()
+            ref = labtools.reference(lab, observer, max(s["deleted"] for s in samples), lambda: whole() == want)
+            log(f"  {pods} pods: one ip -batch re-adding {ref['rules']} rules: p50 {ref['p50']:.1f} ms "
+                f"(runs {', '.join(f'{x:.1f}' for x in ref['runs_ms'])})")
         finally:
             observer.close()
             daemon.close()
-    return samples, memory
+    return samples, ref, memory
 
 
 def _stat(xs: list[float | None]) -> dict[str, float | None]:
@@ -231,22 +180,30 @@ def _stat(xs: list[float | None]) -> dict[str, float | None]:
     return {"p50": median(vals), "max": max(vals), "min": min(vals), "n": len(vals)}
 
 
-def summarize(pods: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("outage_ms", "duration_ms", "configured_to_back_ms", "configuring_to_configured_ms",
+def summarize(pods: int, samples: list[dict[str, Any]], ref: dict[str, Any]) -> dict[str, Any]:
+    keys = ("outage_ms", "nd_span_ms", "duration_ms", "configured_to_back_ms", "configuring_to_configured_ms",
             "loss_to_configured_ms", "cmd_to_loss_ms", "configured_to_replay_ms", "monitor_lag_ms",
-            "routes_back_ms")
+            "routes_back_ms", "batches", "logged_batches", "rewiped")
     stats = {k: _stat([s[k] for s in samples]) for k in keys}
-    target = LATENCY_TARGET_MS.get(pods)
-    p50 = stats["outage_ms"]["p50"]
+    stats["per_rule_p50"] = _stat([s["per_rule"]["p50"] for s in samples])
+    first_rule, later_rule = first_vs_later(samples, "per_rule")
+    first_node, later_node = first_vs_later(samples, "outage_ms")
     return {
         "pods": pods,
         "iterations": len(samples),
         "rules_deleted": sorted({s["deleted"] for s in samples}),
-        "rewipes": sum(1 for s in samples if s["whole_again"] > 1),
+        # Every rule of every trial: the headline figure.
+        "per_rule": spread([x for s in samples for x in s["per_rule_ms"]]),
+        "per_trial": [{"per_rule": s["per_rule"], "outage_ms": s["outage_ms"], "nd_span_ms": s["nd_span_ms"],
+                       "batches": s["batches"], "rewiped": s["rewiped"]} for s in samples],
+        "rewiped": sum(s["rewiped"] for s in samples),  # rules deleted again after coming back
+        "rewipes": sum(1 for s in samples if s["whole_again"] > 1),  # trials: node whole, then not
+        "other_deletions": sum(s["other_deletions"] for s in samples),
         "routes_restored": sorted({s["routes_restored"] for s in samples}),
         "overruns": sum(s["overruns"] for s in samples),
+        "first": {"per_rule_p50": first_rule, "later_per_rule_p50": later_rule,
+                  "outage_ms": first_node, "later_outage_ms": later_node},
+        "ip_batch": ref,
         "stats": stats,
-        "target_ms": target,
-        "target_pass": None if target is None or p50 is None else p50 <= target,
         "samples": samples,
     }

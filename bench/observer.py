@@ -5,7 +5,9 @@ It keeps raw bytes while the outage runs and decodes only when asked:
 
     stdin  "dump"   -> one JSON line {"rules": [...], "routes": [...], "states": [...], "overruns": N}
                        with everything seen since the previous dump; any other line ends it
-    rules  [t, "N"|"D", key, priority, protocol, port]   key: one number per distinct rule (its bytes)
+    rules  [t, "N"|"D", key, priority, protocol, port, seq]   key: one number per distinct rule (its
+                                                 bytes); port, seq: the nlmsg_pid and nlmsg_seq of
+                                                 the request behind the notification
     routes [t, "N"|"D", table]                           per-ENI tables only
     states [t, ifindex, AdministrativeState]
 """
@@ -39,7 +41,7 @@ from bench.rtnl import (
     rule_attrs,
 )
 
-Rules = list[tuple[float, str, int, int, int, int]]
+Rules = list[tuple[float, str, int, int, int, int, int]]
 Routes = list[tuple[float, str, int]]
 
 
@@ -50,11 +52,12 @@ def decode(batch: list[tuple[float, bytes]], keys: dict[bytes, int]) -> tuple[Ru
     routes: Routes = []
     for t, data in batch:
         for offset, length, mtype, port in messages(data):
+            seq = HDR.unpack_from(data, offset)[3]
             payload = bytes(data[offset + HDR.size : offset + length])
             if mtype in (RTM_NEWRULE, RTM_DELRULE):
                 prio, proto = rule_attrs(payload)
                 key = keys.setdefault(payload, len(keys))
-                rules.append((round(t, 6), "N" if mtype == RTM_NEWRULE else "D", key, prio, proto, port))
+                rules.append((round(t, 6), "N" if mtype == RTM_NEWRULE else "D", key, prio, proto, port, seq))
             elif mtype in (RTM_NEWROUTE, RTM_DELROUTE):
                 table = route_table(payload)
                 if table not in RESERVED_TABLES:  # per-ENI tables only
