@@ -32,12 +32,27 @@ class Outcome:
     routes_restored: int = 0
     already_present: int = 0
     existed: list[Entry] = field(default_factory=list)  # the kernel said EEXIST: it has them
+    restored: list[Entry] = field(default_factory=list)  # added, and acked: in the kernel now
     set_aside: list[tuple[Entry, int]] = field(default_factory=list)
     rollbacks: int = 0
     rolled_back: int = 0  # entries deleted again by those rollbacks
     batches: int = 0
     unknown: list[str] = field(default_factory=list)
     gave_up: bool = False
+
+    def add(self, other: Outcome) -> None:
+        """Count `other` (a later batch of the same repair) in."""
+        self.rules_restored += other.rules_restored
+        self.routes_restored += other.routes_restored
+        self.already_present += other.already_present
+        self.existed += other.existed
+        self.restored += other.restored
+        self.set_aside += other.set_aside
+        self.rollbacks += other.rollbacks
+        self.rolled_back += other.rolled_back
+        self.batches += other.batches
+        self.unknown += other.unknown
+        self.gave_up = self.gave_up or other.gave_up
 
 
 async def execute(
@@ -73,6 +88,7 @@ async def execute(
         out.already_present += len(result.existed)
         out.existed.extend(batch[i] for i in result.existed)
         if not result.failed:
+            out.restored.extend(batch[i] for i in result.acked)
             for i in result.acked:
                 if isinstance(batch[i], Rule):
                     out.rules_restored += 1

@@ -112,13 +112,23 @@ def plan(
     return Plan(tuple(routes), tuple(rules), tuple(skipped))
 
 
-def plan_rules(missing: Iterable[Rule], live: Liveness, set_aside: Collection[Entry] = ()) -> Plan:
-    """The rules of `missing` (protected, not in the kernel) the gate lets through: what a chase
-    puts back while networkd is still configuring. The caller computes `missing` as a set
-    difference, so a chase does not walk the whole snapshot."""
+def plan_rules(missing: Iterable[Rule], live: Liveness, set_aside: Collection[Entry], limit: int) -> Plan:
+    """The first `limit` rules of `missing` (protected, not in the kernel, oldest deletion first)
+    the gate lets through, in that order: what a chase puts back while networkd is still
+    configuring, the first rule gone first back. The caller keeps `missing` (Tracker.gone), so a
+    chase does not walk the whole snapshot."""
     skipped: list[Skip] = []
-    rules = _missing(missing, (), set_aside, gate_rule, live, skipped)
-    rules.sort(key=_rule_order)
+    rules: list[Rule] = []
+    for rule in missing:
+        if rule in set_aside:
+            continue
+        skip = gate_rule(rule, live)
+        if skip is not None:
+            skipped.append(skip)
+        elif len(rules) < limit:
+            rules.append(rule)
+        else:
+            break
     return Plan((), tuple(rules), tuple(skipped))
 
 

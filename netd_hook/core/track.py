@@ -58,6 +58,9 @@ class Tracker:
         self.restored: dict[str, set[Rule]] = {}  # pod rules in the kernel because we replayed them
         self.orphans: list[Rule] = []  # of those, the ones whose pod is gone: delete them
         self.unsupported = 0
+        # Protected rules seen deleted (repairably) and not back yet, oldest deletion first: the
+        # order a chase puts them back in, so that the first one gone is the first one back.
+        self.gone: dict[Rule, None] = {}
         self.version = 0  # bumped whenever the snapshot changes (persist)
         self.fresh: list[Entry] = [*self.rules, *self.routes]  # newly protected: encode their requests
 
@@ -141,6 +144,12 @@ class Tracker:
         for addr in list(self.restored):  # pods that went away between two views
             self._orphan(addr)
 
+    def chase_order(self) -> list[Rule]:
+        """The protected rules seen deleted and still missing, oldest deletion first."""
+        for rule in [r for r in self.gone if r in self.present_rules or r not in self.rules]:
+            del self.gone[rule]
+        return list(self.gone)
+
     def mark_present(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             if isinstance(entry, Rule):
@@ -156,9 +165,14 @@ class Tracker:
             if change.new:
                 self.present_rules.add(item)
                 self._protect_rule(item)
+                self.gone.pop(item, None)
                 return False
             self.present_rules.discard(item)
-            return self._lost(item, cause)
+            if self._lost(item, cause):
+                self.gone.pop(item, None)  # deleted again: its place is at the end
+                self.gone[item] = None
+                return True
+            return False
         if isinstance(item, Route):
             if change.new:
                 self.present_routes.add(item)

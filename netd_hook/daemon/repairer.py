@@ -21,7 +21,8 @@ from ..commands import ops
 from ..core.apply import Outcome, Writer, execute
 from ..core.links import managed
 from ..core.model import Entry
-from ..core.plan import Plan, gate_route, gate_rule, plan, plan_rules
+from ..core.plan import Plan, gate_route, gate_rule, plan
+from .chaser import Chaser
 from .holds import Holds
 
 if TYPE_CHECKING:
@@ -44,8 +45,7 @@ class Repairer:
         self.holds = Holds(svc)
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
-        self.chased: dict[Entry, int] = {}  # put back while networkd was busy, this busy spell: how often
-        self.tired: set[Entry] = set()  # chased chase_max times this spell: left for the re-read once settled
+        self.chaser = Chaser(self)
 
     # read by the publisher (status.json)
     @property
@@ -58,14 +58,14 @@ class Repairer:
 
     # what is missing ------------------------------------------------------------------------
 
-    def _managed(self) -> frozenset[str]:
+    def managed(self) -> frozenset[str]:
         names = self.svc.tracker.links
         return frozenset(names[i] for i in managed(self.svc.state.links) if i in names)
 
     def plan(self, trust_routes: bool = True) -> Plan:
         t = self.svc.tracker
         routes = t.present_routes if trust_routes else ()
-        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.holds.entries())
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self.managed()), self.holds.entries())
 
     def missing(self) -> tuple[int, int]:
         """`len(p)` and `len(p.skipped)` of `p = self.plan()`, for status.json (up to twice a
@@ -74,7 +74,7 @@ class Repairer:
         hashes the sets keep, so only what is missing costs a Python step and a gate."""
         t = self.svc.tracker
         held = self.holds.entries()
-        live = t.liveness(self._managed())
+        live = t.liveness(self.managed())
         missing = skipped = 0
         for rule in t.rules - t.present_rules - held:
             if gate_rule(rule, live) is None:
@@ -111,69 +111,60 @@ class Repairer:
         started = time.perf_counter()
         svc.inbox.catch_up()
         if chase:  # networkd is still configuring: the rules its pass deleted, nothing else
-            t = svc.tracker
-            p = plan_rules(t.rules - t.present_rules, t.liveness(self._managed()), self.holds.entries() | self.tired)
-        else:
-            # After networkd reconfigured a link, the kernel has flushed that link's table routes
-            # without a word (networkd re-adds its address): send every protected route along in
-            # this first batch. They are few, and EEXIST counts as present.
-            p = self.plan(trust_routes=not svc.state.verify)
-        dead = [s.entry for s in p.skipped if s.dead]
-        for s in p.skipped:
-            log.info("not restoring %s: %s", s.entry.describe(), s.reason)
-        svc.tracker.forget(dead)
+            await self.chaser.run(trigger, started)
+            return
+        # After networkd reconfigured a link, the kernel has flushed that link's table routes
+        # without a word (networkd re-adds its address): send every protected route along in
+        # this first batch. They are few, and EEXIST counts as present.
+        p = self.plan(trust_routes=not svc.state.verify)
+        self.drop_dead(p)
         if not len(p):
             if p.skipped:
-                self._record(trigger, started, p, None)
+                self.record(trigger, started, p, None)
             return
-        cfg = svc.cfg.replay
-        await self._lock_replays()
+        await self.lock_replays()
         try:
-            out = await execute(
-                p, self.add_request, self.delete_request, self.writer,
-                timeout=cfg.ack_timeout_ms / 1000, max_attempts=cfg.max_attempts, replan=self.resync,
-            )
+            out = await self.send(p, trigger)
         finally:
             fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
-        self.holds.refused(e for e, _ in out.set_aside)
-        # The kernel has what it answered EEXIST for, whatever our view said (an add of ours or of
-        # networkd's whose notification we read before the dump that missed it, say): without
-        # this, status would call it missing for good, with nothing left to trigger a repair.
-        svc.tracker.mark_present(out.existed)
-        if out.rollbacks and out.set_aside:
-            entry, err = out.set_aside[0]
-            svc.audit.emit(rollback_audit(trigger, entry.describe(), err, out.rolled_back, failed=len(out.set_aside)))
-        c = svc.counters
-        if chase:
-            c.chases += 1
-            self._chased(p.rules)
-        c.rules_restored += out.rules_restored
-        c.routes_restored += out.routes_restored
-        c.set_aside += len(out.set_aside)
-        c.rollbacks += out.rollbacks
         if out.rules_restored + out.routes_restored + len(out.set_aside) + len(p.skipped) == 0:
             # A late notification of something already repaired: nothing happened, nothing to audit.
             log.debug("replay (%s): all %d entries were already present", trigger, out.already_present)
             return
-        self._record(trigger, started, p, out)
+        self.record(trigger, started, p, out)
 
-    def _chased(self, rules: tuple[Entry, ...]) -> None:
-        limit, tired = self.svc.cfg.replay.chase_max, []
-        for rule in rules:
-            n = self.chased[rule] = self.chased.get(rule, 0) + 1
-            if n >= limit:
-                tired.append(rule)
-        if tired:
-            self.tired.update(tired)
-            self.svc.counters.chase_capped += len(tired)
-            log.warning("%d entries (e.g. %s) were put back %d times while networkd was busy ([replay] chase_max): "
-                        "if deleted again, they wait for it to settle", len(tired), tired[0].describe(), limit)
+    def drop_dead(self, p: Plan) -> None:
+        """What the gate holds back is logged; the rules of pods gone for good are forgotten."""
+        for s in p.skipped:
+            log.info("not restoring %s: %s", s.entry.describe(), s.reason)
+        self.svc.tracker.forget(s.entry for s in p.skipped if s.dead)
 
-    def spell_over(self) -> None:
-        self.chased.clear()
-        self.tired.clear()
+    async def send(self, p: Plan, trigger: str) -> Outcome:
+        """One plan as one batch (and its rollbacks), under the replay lock the caller holds."""
+        svc, cfg = self.svc, self.svc.cfg.replay
+        out = await execute(
+            p, self.add_request, self.delete_request, self.writer,
+            timeout=cfg.ack_timeout_ms / 1000, max_attempts=cfg.max_attempts, replan=self.resync,
+        )
+        self.holds.refused(e for e, _ in out.set_aside)
+        # The kernel has what it answered EEXIST for, whatever our view said (an add of ours or of
+        # networkd's whose notification we read before the dump that missed it, say): without
+        # this, status would call it missing for good, with nothing left to trigger a repair.
+        # What it acked is there too (its echo, read next, says the same; a deletion read after
+        # that echo takes it away again).
+        svc.tracker.mark_present(out.existed)
+        svc.tracker.mark_present(out.restored)
+        if out.rollbacks and out.set_aside:
+            entry, err = out.set_aside[0]
+            svc.audit.emit(rollback_audit(trigger, entry.describe(), err, out.rolled_back, failed=len(out.set_aside)))
+        c = svc.counters
+        c.rules_restored += out.rules_restored
+        c.routes_restored += out.routes_restored
+        c.set_aside += len(out.set_aside)
+        c.rollbacks += out.rollbacks
+        return out
 
-    async def _lock_replays(self) -> None:
+    async def lock_replays(self) -> None:
         """The lock `netd-hook replay` takes: uncontended it costs one syscall; held by a one-shot
         replay (milliseconds), the batch waits for it rather than interleave."""
         try:
@@ -182,7 +173,7 @@ class Repairer:
             log.info("a one-shot `netd-hook replay` holds %s; waiting for it", self.svc.state_dir / ops.REPLAY_LOCK)
             await anyio.to_thread.run_sync(fcntl.flock, self.replay_lock, fcntl.LOCK_EX, abandon_on_cancel=True)
 
-    def _record(self, trigger: str, started: float, p: Plan, out: Outcome | None) -> None:
+    def record(self, trigger: str, started: float, p: Plan, out: Outcome | None) -> None:
         svc = self.svc
         dead = sum(1 for s in p.skipped if s.dead)
         svc.counters.skipped_dead += dead

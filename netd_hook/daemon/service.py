@@ -219,7 +219,7 @@ class Service:
         if was.chases and not self.state.chases:
             log.info("networkd settled after %d repairs while it was busy (%d entries deleted again after one)",
                      was.chases, self.counters.chase_rewiped - self._rewiped_before)
-            self.repairer.spell_over()
+            self.repairer.chaser.spell_over()
             self._rewiped_before = self.counters.chase_rewiped
 
     async def _step(self, event: decide.Event) -> None:

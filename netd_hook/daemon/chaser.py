@@ -1,0 +1,79 @@
+"""The chase: while networkd is still configuring, put back the rules its pass deleted, the first
+one gone first back, in batches of at most CHUNK, reading what arrived between two batches
+(the batch's own echoes, networkd's next deletions) so that the next batch takes the oldest
+still missing. One entry is chased at most `[replay] chase_max` times in a busy spell; beyond
+that it waits for networkd to settle and the re-read that follows (decide.py)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from typing import TYPE_CHECKING
+
+from ..core.apply import Outcome
+from ..core.model import Entry, Rule
+from ..core.plan import Plan, Skip, plan_rules
+
+if TYPE_CHECKING:
+    from .repairer import Repairer
+
+log = logging.getLogger("netd_hook.daemon.service")  # the daemon's one logger, as before the split
+
+# Rules per batch while chasing. The kernel inserts a rule in time linear in the rules there are
+# (NLM_F_EXCL walks the list), ~30 us each at 2,000: a batch of 200 is back in ~6 ms, and the
+# rules networkd deletes meanwhile go in the next one, instead of all waiting for one batch of
+# thousands sorted by priority.
+CHUNK = 200
+
+
+class Chaser:
+    """Runs a decide.Replay(chase=True) to the end; knows what this busy spell has chased."""
+
+    def __init__(self, repairer: Repairer) -> None:
+        self.repairer = repairer
+        self.chased: dict[Entry, int] = {}  # put back while networkd was busy, this busy spell: how often
+        self.tired: set[Entry] = set()  # chased chase_max times this spell: left for the re-read once settled
+
+    async def run(self, trigger: str, started: float) -> None:
+        r = self.repairer
+        svc = r.svc
+        total = Outcome()
+        rules: list[Rule] = []
+        skipped: dict[Entry, Skip] = {}
+        await r.lock_replays()
+        try:
+            while True:
+                t = svc.tracker
+                p = plan_rules(t.chase_order(), t.liveness(r.managed()),
+                               r.holds.entries() | self.tired | skipped.keys(), CHUNK)
+                r.drop_dead(p)
+                skipped.update((s.entry, s) for s in p.skipped)
+                if not p.rules:
+                    break
+                out = await r.send(p, trigger)
+                total.add(out)
+                rules += p.rules
+                self._chased(p.rules)
+                svc.inbox.catch_up()  # the echoes mark what is back; networkd's next deletions join
+        finally:
+            fcntl.flock(r.replay_lock, fcntl.LOCK_UN)
+        svc.counters.chases += 1
+        if rules or skipped:
+            r.record(trigger, started, Plan((), tuple(rules), tuple(skipped.values())), total if rules else None)
+
+    def _chased(self, rules: tuple[Rule, ...]) -> None:
+        limit, tired = self.repairer.svc.cfg.replay.chase_max, []
+        for rule in rules:
+            n = self.chased[rule] = self.chased.get(rule, 0) + 1
+            if n >= limit:
+                tired.append(rule)
+        if tired:
+            self.tired.update(tired)
+            self.repairer.svc.counters.chase_capped += len(tired)
+            log.warning("%d entries (e.g. %s) were put back %d times while networkd was busy ([replay] chase_max): "
+                        "if deleted again, they wait for it to settle", len(tired), tired[0].describe(), limit)
+
+    def spell_over(self) -> None:
+        self.chased.clear()
+        self.tired.clear()
+
