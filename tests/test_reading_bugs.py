@@ -337,6 +337,36 @@ def test_publishing_the_status_never_copies_the_snapshot(publishing: Any, tmp_pa
     assert "netd_hook_missing_entries 3\n" in (tmp_path / "metrics.prom").read_text()
 
 
+def test_an_outage_that_starts_as_the_status_is_published_reads_back(publishing: Any, tmp_path: Path) -> None:
+    """The loop passes publish() its clock as read when the iteration began; the outage clock
+    starts when publish finds entries missing, reading the clock afresh. Before the fix the
+    status said a negative outage_seconds, which every reader refuses ("unreadable status
+    file"): `status` exited 4 and `wait` could not tell, until the next publish. An outage
+    started and ended within one iteration made the total negative for good."""
+    svc = publishing
+
+    async def publish() -> None:
+        svc.publisher.publish(anyio.current_time() - 0.5)  # an iteration that began half a second ago
+
+    anyio.run(publish)
+    pr = status.probe(tmp_path)
+    assert pr.error == "" and pr.status is not None and pr.status["missing"] == 3
+    assert pr.status["outage_seconds"] == 0.0 and pr.status["missing_since"] is not None
+
+    async def outage_within_one_iteration() -> None:
+        now = anyio.current_time() - 0.5
+        svc.publisher.missing_since = None
+        svc.publisher.outage_starts()  # a loss seen, then repaired, within the iteration
+        svc.tracker.present_rules.update(svc.tracker.rules)
+        svc.tracker.present_routes.update(svc.tracker.routes)
+        svc.publisher.publish(now)
+
+    anyio.run(outage_within_one_iteration)
+    pr = status.probe(tmp_path)
+    assert pr.error == "" and pr.status is not None and pr.status["missing"] == 0
+    assert svc.publisher.outage_total >= 0.0 and pr.status["outage_seconds"] >= 0.0
+
+
 @pytest.mark.parametrize("change", ["nothing", "all gone", "every other", "devices gone", "all set aside"])
 def test_the_published_counts_are_the_planners(publishing: Any, change: str) -> None:
     svc = publishing

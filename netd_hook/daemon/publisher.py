@@ -42,6 +42,13 @@ class Publisher:
             self.missing_since = anyio.current_time()
             self.missing_since_wall = time.time()
 
+    def _spell(self, now: float) -> float:
+        """How long the outage going on has lasted at `now`, 0 without one. `now` is the loop's
+        clock when its iteration began, and the outage may have started since (outage_starts()
+        reads the clock afresh): a negative outage_seconds would make every reader refuse the
+        status file."""
+        return max(0.0, now - self.missing_since) if self.missing_since is not None else 0.0
+
     def maybe_publish(self, now: float) -> None:
         """Publish status.json (and metrics) when the picture changed: at once when something
         `netd-hook wait` or an operator acts on changed, else at most every PUBLISH_INTERVAL."""
@@ -84,7 +91,7 @@ class Publisher:
         self.publish_at = None
         missing, held_back = svc.repairer.missing()
         if missing == 0 and not svc.state.lost and self.missing_since is not None:
-            self.outage_total += now - self.missing_since
+            self.outage_total += self._spell(now)
             self.missing_since = None
         elif missing and self.missing_since is None:
             self.outage_starts()
@@ -111,7 +118,7 @@ class Publisher:
         svc = self.svc
         st, t, c, r, bus = svc.state, svc.tracker, svc.counters, svc.repairer, svc.bus
         settled = decide.settled(st, now)
-        outage = self.outage_total + (now - self.missing_since if self.missing_since is not None else 0.0)
+        outage = self.outage_total + self._spell(now)
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
