@@ -290,7 +290,7 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
         assert len(deleted) == expected and all(e[3] == port for e in deleted), (flavour, deleted[:3])
         assert not ipv4_addresses(node, "eth1")
         loss_repair = ms(deleted[0][0], last_protected_add(events)) if deleted else None
-        daemon_missing_during = daemon.status()["missing"]
+        daemon_missing_during = daemon.status().missing
 
         # CNI DEL of a pod on eth1 while the carrier is away: its rules, then its veth
         node.del_pod(VICTIM)
@@ -313,7 +313,7 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
     back = ms(t_up, last_protected_add(after))
     outage = ms(t_down, last_protected_add(after))
     st = daemon.status()
-    assert st["forgotten"]["total"] == 2 and st["forgotten"]["doubt"] is None, st["forgotten"]
+    assert st.forgotten.total == 2 and st.forgotten.doubt is None, st.forgotten
     assert not [ln for ln in daemon.lines[mark:] if "Traceback" in ln]
     print(f"\ncarrier loss, networkd {flavour}: rules deleted by networkd {len(deleted)}; "
           f"repaired during the loss in {fmt(loss_repair)} (first deletion -> last rule back), "
@@ -353,13 +353,13 @@ def test_a_wipe_while_the_carrier_is_away_waits_for_stuck_ms(node: Lab, daemon: 
         wait_until(lambda: len(rule_deletions(obs.events(t0), port)) >= len(foreign(want)) - len(held),
                    LOSS_TIMEOUT, f"the wipe after the {trigger}", interval=0.01)
         first = rule_deletions(obs.events(t0), port)[0][0]
-        # held back while eth1 is busy: at 80 % of stuck_ms nothing is back yet
+        # delayed while eth1 is busy: at 80 % of stuck_ms nothing is back yet
         time.sleep(max(0.0, first / 1e9 + 0.8 * DEFAULT_STUCK_S - time.monotonic()))
         assert node.link_states()["eth1"] == "configuring"
         # A race the daemon cannot see past: networkd's deletions read before its `configuring`
         # signal (two sockets). networkd then looks settled and the wipe is repaired at once,
         # trigger `networkd` (harmless: eth1 cannot finish configuring, so nothing wipes again).
-        # Otherwise the wipe is held back, while eth1 is busy, for stuck_ms.
+        # Otherwise the repair of the wipe is delayed, while eth1 is busy, for stuck_ms.
         early = daemon.repairs(mark)
         raced = healthy(node)[0] >= during[0]
         if raced:
@@ -368,7 +368,7 @@ def test_a_wipe_while_the_carrier_is_away_waits_for_stuck_ms(node: Lab, daemon: 
         events = obs.events(t0)
         repaired = ms(first, last_protected_add(events))
         assert node.link_states()["eth1"] == "configuring"
-        wait_until(lambda: "eth1" in daemon.status()["networkd"]["stuck"], 5, "eth1 named as stuck")
+        wait_until(lambda: "eth1" in daemon.status().networkd.stuck, 5, "eth1 named as stuck")
         t_up = time.monotonic_ns()
         node.run("ip", "link", "set", "vpc1", "up")
         node.wait_state("eth1", "configured")
@@ -378,9 +378,9 @@ def test_a_wipe_while_the_carrier_is_away_waits_for_stuck_ms(node: Lab, daemon: 
         back = ms(t_up, last_protected_add(obs.events(t_up)))
     assert repaired is not None and repaired <= (DEFAULT_STUCK_S + 2) * 1000, repaired
     assert raced or repaired >= 0.8 * DEFAULT_STUCK_S * 1000, repaired
-    wait_until(lambda: daemon.status()["networkd"]["stuck"] == {}, 5, "eth1 no longer stuck")
+    wait_until(lambda: daemon.status().networkd.stuck == {}, 5, "eth1 no longer stuck")
     st = daemon.status()
-    assert st["forgotten"]["total"] == 0, st["forgotten"]
+    assert st.forgotten.total == 0, st.forgotten
     assert not [ln for ln in daemon.lines[mark:] if "Traceback" in ln]
     print(f"\n{trigger} during a carrier loss, networkd {flavour}: {len(rule_deletions(events, port))} rules "
           f"deleted by networkd; every ENI's rules out for {fmt(repaired)} (first deletion -> repaired"

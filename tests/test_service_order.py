@@ -129,11 +129,11 @@ def _settled(svc: Service) -> None:
     svc.state = decide.State(owner=OWNER, listed=True, links={ETH1: "configured"})
 
 
-def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_guessed(
+def test_after_an_overrun_with_networkd_idle_what_went_missing_is_unattributed_not_guessed(
         tmp_path: Path, kept: list[Any]) -> None:
     """Issue 10, finding 7: notifications were lost (ENOBUFS); an operator deleted the 1024 rule
     in that gap, networkd did nothing. The re-dump shows it missing, but who deleted it cannot be
-    told: it is held back (and shown), not replayed."""
+    told: it is unattributed (and shown), not replayed."""
     svc, writer, tracker = _service(tmp_path, kept)
     _settled(svc)
     node_rule = NODE_RULES[1]  # pref 1024 fwmark 0x80/0x80 lookup main
@@ -141,9 +141,9 @@ def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None], 0.0)  # None: the monitor overran
     assert writer.sent == []
-    assert node_rule in svc.repairer.unattributed and node_rule in tracker.rules  # held, not forgotten
+    assert node_rule in svc.repairer.unattributed and node_rule in tracker.rules  # unattributed, not forgotten
     assert svc.counters.monitor_overruns == 1
-    assert svc.publisher.status_doc(0.0, 0, 0)["unattributed"] == [node_rule.describe()]
+    assert svc.publisher.status_doc(0.0, 0, 0).unattributed == (node_rule.describe(),)
 
 
 def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tmp_path: Path, kept: list[Any]) -> None:
@@ -155,7 +155,7 @@ def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tm
     assert writer.sent == [1] and not svc.repairer.unattributed
 
 
-def _held_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Any]:
+def _unattributed_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Any]:
     svc, writer, tracker = _service(tmp_path, kept)
     _settled(svc)
     node_rule = NODE_RULES[1]
@@ -166,12 +166,12 @@ def _held_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Servic
     return svc, writer, node_rule
 
 
-def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_what_was_held(
+def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_the_unattributed(
         tmp_path: Path, kept: list[Any]) -> None:
     """Found by the fault drill: a reconfigure began as the daemon started; the overrun's re-read
     came before networkd's `configuring` signal was read, so 566 entries networkd had deleted
-    were held back for good. The signal within NEAR of the overrun is the evidence."""
-    svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
+    were unattributed for good. The signal within NEAR of the overrun is the evidence."""
+    svc, writer, node_rule = _unattributed_after_an_idle_overrun(tmp_path, kept)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
     assert not svc.repairer.unattributed and writer.sent == []  # released, and waits for networkd to settle
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
@@ -180,14 +180,14 @@ def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_wha
     assert writer.sent[:1] == [1] and node_rule in svc.tracker.rules
 
 
-def test_networkd_busy_long_after_the_overrun_is_no_evidence_and_the_hold_stays(
+def test_networkd_busy_long_after_the_overrun_is_no_evidence_and_they_stay_unattributed(
         tmp_path: Path, kept: list[Any]) -> None:
-    svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
-    assert svc.repairer.held_overrun_at is not None
-    svc.repairer.held_overrun_at -= 10  # the overrun was 10 s ago
+    svc, writer, node_rule = _unattributed_after_an_idle_overrun(tmp_path, kept)
+    assert svc.repairer.unattributed_overrun_at is not None
+    svc.repairer.unattributed_overrun_at -= 10  # the overrun was 10 s ago
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    assert node_rule in svc.repairer.unattributed and svc.repairer.held_overrun_at is None
+    assert node_rule in svc.repairer.unattributed and svc.repairer.unattributed_overrun_at is None
     assert writer.sent == []
 
 

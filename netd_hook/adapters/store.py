@@ -3,7 +3,7 @@
 A snapshot file that cannot be read or decoded is moved aside as `*.corrupt-<time>` and the
 daemon rebuilds from the kernel: losing the file must never stop the service. Nor must failing
 to write it (a full or read-only state directory): the daemon protects from memory and retries
-with the backoff below, which is pure (`failed`, `degraded_doc`) so that it is tested as such.
+with the backoff below, which is pure (`failed`, `degraded`) so that it is tested as such.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.model import BOOT_ID, FormatError, Saved, Snapshot, snapshot_to_json
+from ..core.status_doc import Degraded, FailingWrite
 from .files import load_saved_file, read_regular
 
 log = logging.getLogger(__name__)
@@ -255,24 +255,18 @@ def describe(f: Failing) -> str:
     return f"{_VERB.get(f.what, f'cannot write the {f.what} to')} {f.path}: {why}"
 
 
-def degraded_doc(failing: Mapping[str, Failing], now: float, wall: float) -> dict[str, Any] | None:
+def degraded(failing: Mapping[str, Failing], now: float, wall: float) -> Degraded | None:
     """The status document's `degraded`: None while every write works."""
     if not failing:
         return None
     spells = sorted(failing.values(), key=lambda f: (f.since, f.what))
-    return {
-        "since": spells[0].since,
-        "reason": "; ".join(describe(f) for f in spells),
-        "writes": [{
-            "what": f.what,
-            "path": f.path,
-            "since": f.since,
-            "error": f.error,
-            "errno": f.errno,
-            "failures": f.failures,
-            "next_attempt_at": round(wall + max(0.0, f.retry_at - now), 3),
-        } for f in spells],
-    }
+    return Degraded(
+        since=spells[0].since,
+        reason="; ".join(describe(f) for f in spells),
+        writes=tuple(FailingWrite(what=f.what, path=f.path, since=f.since, error=f.error, errno=f.errno,
+                                  failures=f.failures, next_attempt_at=round(wall + max(0.0, f.retry_at - now), 3))
+                     for f in spells),
+    )
 
 
 # Loading ----------------------------------------------------------------------------------

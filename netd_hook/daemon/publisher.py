@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,8 @@ import anyio
 from ..adapters import status, store
 from ..commands import metrics
 from ..core import decide
+from ..core import status_doc as sd
+from ..core.model import Entry
 
 if TYPE_CHECKING:
     from .service import Service
@@ -114,55 +117,44 @@ class Publisher:
         if set(writes.failing) != failing:  # what was just written says otherwise: again, with the news
             self.publish_at = now
 
-    def status_doc(self, now: float, missing: int, held_back: int) -> dict[str, Any]:
+    def status_doc(self, now: float, missing: int, held_back: int) -> sd.Status:
         svc = self.svc
         st, t, c, r, bus = svc.state, svc.tracker, svc.counters, svc.repairer, svc.bus
-        settled = decide.settled(st, now)
         outage = self.outage_total + self._spell(now)
-        return {
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "networkd": {
-                "owner": st.owner,
-                "pid": svc.networkd_pid,
-                "generation": svc.generation,
-                "settled": settled,
-                # busy longer than [replay] stuck_ms: holding back no repair; seconds busy
-                "stuck": {t.links.get(i, str(i)): round(secs, 1)
-                          for i, secs in sorted(decide.stuck_links(st, now).items())},
-                "links": {t.links.get(i, str(i)): s for i, s in sorted(st.links.items())},
-            },
-            # Nothing missing, nothing pending, networkd settled: what `netd-hook wait` waits for.
-            "complete": bool(st.owner and settled and not (st.busy or st.lost or st.verify) and missing == 0),
+        rules, routes = svc.saver.protected(t)
+        return sd.Status(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            updated_at=time.time(),
+            networkd=sd.Networkd(
+                owner=st.owner,
+                pid=svc.networkd_pid,
+                generation=svc.generation,
+                settled=decide.settled(st, now),
+                stuck={t.links.get(i, str(i)): round(secs, 1)
+                       for i, secs in sorted(decide.stuck_links(st, now).items())},
+                links={t.links.get(i, str(i)): s for i, s in sorted(st.links.items())},
+            ),
+            complete=decide.complete(st, now, missing),
             # what a crash of this daemon would not lose: written to the snapshot file (saver.protected)
-            "protected": dict(zip(("rules", "routes"), svc.saver.protected(t), strict=True)),
-            "missing": missing,
-            "held_back": held_back,
-            "set_aside": [e.describe() for e in sorted(r.set_aside, key=lambda e: e.describe())][:50],
-            # missing after a monitor overrun while networkd was idle: not replayed (who deleted them?)
-            "unattributed": [e.describe() for e in sorted(r.unattributed, key=lambda e: e.describe())][:50],
-            "forgotten": svc.attribution.forgotten.doc(),
-            "missing_since": self.missing_since_wall if self.missing_since is not None else None,
-            "outage_seconds": round(outage, 6),
-            "last_repair": None if r.last_repair is None else {
-                "at": r.last_repair_at, **asdict(r.last_repair)},
-            "counters": {
-                **{k: v for k, v in asdict(c).items() if not isinstance(v, dict)},
-                "losses": dict(c.losses),
-                "repairs_by_trigger": dict(c.repairs_by_trigger),
-                "rejected_signals": bus.rejected_signals,
-                "bad_bus_values": bus.bad_values,
-                "bus_reconnects": bus.reconnects,
-            },
-            "networkd_sockets": [s.port for s in svc.networkd_sockets],
-            "config": svc.cfg.source,
-            "state_dir": str(svc.state_dir),
-            # None, or the writes failing now (full or read-only directory): still protecting from memory
-            "degraded": store.degraded_doc(svc.writes.failing, now, time.time()),
-            "snapshot_saved_at": svc.saver.saved_at,  # wall clock of the last snapshot written (None: not yet)
-            "snapshot_unsaved": t.version != svc.saver.saved_version,  # the file lags the daemon
-        }
+            protected=sd.Protected(rules=rules, routes=routes),
+            missing=missing,
+            held_back=held_back,
+            set_aside=_listed(r.set_aside),
+            unattributed=_listed(r.unattributed),
+            forgotten=svc.attribution.forgotten.status(),
+            missing_since=self.missing_since_wall if self.missing_since is not None else None,
+            outage_seconds=round(outage, 6),
+            last_repair=None if r.last_repair is None else sd.LastRepair(at=r.last_repair_at, **asdict(r.last_repair)),
+            counters=sd.Counters(**asdict(c), rejected_signals=bus.rejected_signals, bad_bus_values=bus.bad_values,
+                                 bus_reconnects=bus.reconnects),
+            networkd_sockets=tuple(s.port for s in svc.networkd_sockets),
+            config=svc.cfg.source,
+            state_dir=str(svc.state_dir),
+            degraded=store.degraded(svc.writes.failing, now, time.time()),
+            snapshot_saved_at=svc.saver.saved_at,
+            snapshot_unsaved=t.version != svc.saver.saved_version,
+        )
 
     def status(self) -> str:
         """The STATUS= text systemd shows."""
@@ -178,3 +170,8 @@ class Publisher:
             s = (f"DEGRADED since {time.strftime('%H:%M:%S UTC', time.gmtime(since))}: "
                  f"{'; '.join(store.describe(f) for f in failing.values())}; {s}")
         return s
+
+
+def _listed(entries: Iterable[Entry]) -> tuple[str, ...]:
+    """The first of `entries` in the status document, described, in order."""
+    return tuple(sorted(e.describe() for e in entries)[:sd.LISTED_MAX])

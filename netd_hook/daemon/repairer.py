@@ -1,6 +1,6 @@
 """Repairs: plan what is missing, send it in one batch under the replay lock, record it; re-read
 the kernel to verify; what the kernel refused (set aside, retried with backoff), what an overrun's
-gap lost (held back, released if networkd turns out to have been busy), orphans of gone pods."""
+gap lost (unattributed, released if networkd turns out to have been busy), orphans of gone pods."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..commands import ops
 from ..core import decide
 from ..core.apply import Outcome, Writer, execute
 from ..core.forgotten import NEAR
-from ..core.links import managed
+from ..core.links import managed_names
 from ..core.model import Entry
 from ..core.plan import Plan, gate_route, gate_rule, plan
 
@@ -49,21 +49,20 @@ class Repairer:
         self.set_aside_retry_at: float | None = None  # loop clock of the next try of what is set aside
         self.set_aside_delay = SET_ASIDE_RETRY_FIRST
         # Found missing after a monitor overrun with networkd idle all the while: who deleted them
-        # cannot be told, so they are held back (shown, `netd-hook replay` puts them back).
+        # cannot be told, so they are unattributed: not replayed (shown, `netd-hook replay` puts them back).
         self.unattributed: set[Entry] = set()
         self.overrun_at: float | None = None  # loop clock of the last overrun not yet verified
-        self.held_overrun_at: float | None = None  # the overrun whose gap `unattributed` holds, until NEAR after it
+        self.unattributed_overrun_at: float | None = None  # the overrun behind `unattributed`, until NEAR after it
         self.last_repair: RepairRecord | None = None
         self.last_repair_at = 0.0
 
     # what is missing ------------------------------------------------------------------------
 
     def _managed(self) -> frozenset[str]:
-        names = self.svc.tracker.links
-        return frozenset(names[i] for i in managed(self.svc.state.links) if i in names)
+        return managed_names(self.svc.state.links, self.svc.tracker.links)
 
-    def held(self) -> set[Entry]:
-        """What no plan restores: set aside (the kernel refused it), held back after an overrun."""
+    def excluded(self) -> set[Entry]:
+        """What no plan restores: set aside (the kernel refused it), unattributed (after an overrun)."""
         t = self.svc.tracker
         if self.unattributed:  # back (someone re-added them, or a one-shot replay), or no longer protected
             self.unattributed = {e for e in self.unattributed if t.protects(e) and e not in t.present_rules
@@ -73,30 +72,30 @@ class Repairer:
     def plan(self, trust_routes: bool = True) -> Plan:
         t = self.svc.tracker
         routes = t.present_routes if trust_routes else ()
-        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.held())
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self._managed()), self.excluded())
 
     def missing(self) -> tuple[int, int]:
-        """`len(p)` and `len(p.skipped)` of `p = self.plan()`, for status.json (up to twice a
+        """`len(p)` and `len(p.held_back)` of `p = self.plan()`, for status.json (up to twice a
         second). Neither copies the snapshot nor hashes each of its 10,000 entries again in Python
         (plan() looks every protected entry up in the kernel's view): the set differences use the
         hashes the sets keep, so only what is missing costs a Python step and a gate."""
         t = self.svc.tracker
-        held = self.held()
+        excluded = self.excluded()
         live = t.liveness(self._managed())
-        missing = skipped = 0
-        for rule in t.rules - t.present_rules - held:
+        missing = held_back = 0
+        for rule in t.rules - t.present_rules - excluded:
             if gate_rule(rule, live) is None:
                 missing += 1
             else:
-                skipped += 1
-        for route in t.routes - t.present_routes - held:
+                held_back += 1
+        for route in t.routes - t.present_routes - excluded:
             if not t.protects(route):
                 continue  # no protected rule looks up its table
             if gate_route(route, live) is None:
                 missing += 1
             else:
-                skipped += 1
-        return missing, skipped
+                held_back += 1
+        return missing, held_back
 
     async def resync(self) -> Plan:
         self.svc.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, self.dump_sock))
@@ -113,10 +112,10 @@ class Repairer:
         overrun, self.overrun_at = self.overrun_at, None
         if overrun is not None and len(p) and not self._networkd_active_since(overrun - NEAR):
             # The deletions in the gap were lost with the notifications, and networkd did nothing
-            # then: replaying would be a guess (an operator's `ip rule del`, say). Hold them back.
+            # then: replaying would be a guess (an operator's `ip rule del`, say): unattributed.
             entries = p.entries()
             self.unattributed.update(entries)
-            self.held_overrun_at = overrun
+            self.unattributed_overrun_at = overrun
             log.warning("after a netlink monitor overrun %d protected entries are missing (e.g. %s) and networkd "
                         "was idle: who deleted them cannot be told, so they are not put back; "
                         "`netd-hook replay` puts them back", len(entries), entries[0].describe())
@@ -128,25 +127,25 @@ class Repairer:
         st = self.svc.state
         return not decide.settled(st, anyio.current_time()) or st.active_at >= since
 
-    def release_held(self, now: float) -> decide.Lost | None:
-        """What an overrun's gap lost was held back because networkd looked idle at the re-read;
+    def release_unattributed(self, now: float) -> decide.Lost | None:
+        """What an overrun's gap lost is unattributed because networkd looked idle at the re-read;
         but networkd's D-Bus signal that it is busy travels on another socket and can be read
         just after that re-read (seen in the fault drill: a reconfigure starting as the daemon
         started). Seen busy within NEAR of the overrun, that is the evidence after all: what was
-        held back goes back (the loss returned). Later, the hold is final."""
-        at = self.held_overrun_at
+        unattributed goes back (the loss returned). Later, it stays unattributed."""
+        at = self.unattributed_overrun_at
         if at is None:
             return None
         if not self.unattributed or now > at + NEAR:
-            self.held_overrun_at = None
+            self.unattributed_overrun_at = None
             return None
         if not self._networkd_active_since(at - NEAR):
             return None
-        self.held_overrun_at = None
+        self.unattributed_overrun_at = None
         n = len(self.unattributed)
         self.unattributed.clear()
-        log.warning("networkd was busy around the monitor overrun after all: putting back the %d entries "
-                    "held back", n)
+        log.warning("networkd was busy around the monitor overrun after all: putting back the %d "
+                    "unattributed entries", n)
         self.svc.publisher.outage_starts()
         return decide.Lost(n, "networkd")
 
@@ -173,12 +172,12 @@ class Repairer:
         # without a word (networkd re-adds its address): send every protected route along in
         # this first batch. They are few, and EEXIST counts as present.
         p = self.plan(trust_routes=not svc.state.verify)
-        dead = [s.entry for s in p.skipped if s.dead]
-        for s in p.skipped:
+        dead = [s.entry for s in p.held_back if s.dead]
+        for s in p.held_back:
             log.info("not restoring %s: %s", s.entry.describe(), s.reason)
-        svc.tracker.forget(dead)
+        svc.tracker.unprotect(dead)
         if not len(p):
-            if p.skipped:
+            if p.held_back:
                 self._record(trigger, started, p, None)
             return
         cfg = svc.cfg.replay
@@ -209,7 +208,7 @@ class Repairer:
         c.routes_restored += out.routes_restored
         c.set_aside += len(out.set_aside)
         c.rollbacks += out.rollbacks
-        if out.rules_restored + out.routes_restored + len(out.set_aside) + len(p.skipped) == 0:
+        if out.rules_restored + out.routes_restored + len(out.set_aside) + len(p.held_back) == 0:
             # A late notification of something already repaired: nothing happened, nothing to audit.
             log.debug("replay (%s): all %d entries were already present", trigger, out.already_present)
             return
@@ -226,7 +225,7 @@ class Repairer:
 
     def _record(self, trigger: str, started: float, p: Plan, out: Outcome | None) -> None:
         svc = self.svc
-        dead = sum(1 for s in p.skipped if s.dead)
+        dead = sum(1 for s in p.held_back if s.dead)
         svc.counters.skipped_dead += dead
         rec = RepairRecord(
             trigger=trigger,
@@ -234,7 +233,7 @@ class Repairer:
             routes_restored=out.routes_restored if out else 0,
             already_present=out.already_present if out else 0,
             skipped_dead=dead,
-            skipped_other=len(p.skipped) - dead,
+            skipped_other=len(p.held_back) - dead,
             set_aside=len(out.set_aside) if out else 0,
             rollbacks=out.rollbacks if out else 0,
             batches=out.batches if out else 0,

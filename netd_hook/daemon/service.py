@@ -296,7 +296,7 @@ class Service:
                     log.info("startup: %d protected entries missing", missing)
                 await self._step(decide.Lost(missing, "startup"))
         await self._flush(lost)
-        released = self.repairer.release_held(anyio.current_time())
+        released = self.repairer.release_unattributed(anyio.current_time())
         if released:
             await self._step(released)
 
