@@ -660,8 +660,8 @@ def test_a_stuck_link_is_a_warning_naming_it_and_since_when(tmp_path: Path) -> N
 def test_a_degraded_daemon_is_a_warning_naming_the_reason(tmp_path: Path) -> None:
     cured(tmp_path)
     full = OSError(28, "No space left on device")
-    spell = store.failed(None, "snapshot", "/var/lib/netd-hook/snapshot.json", full, 50.0, NOW - 300)
-    degraded = store.degraded({"snapshot": spell}, 60.0, NOW - 12)  # as the daemon publishes it
+    spell = store.failed(None, store.Write.SNAPSHOT, "/var/lib/netd-hook/snapshot.json", full, 50.0, NOW - 300)
+    degraded = store.degraded({store.Write.SNAPSHOT: spell}, 60.0, NOW - 12)  # as the daemon publishes it
     findings = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(degraded=degraded)),
                              NOW - 400, NOW)
     f = one(findings, "netd-hook.degraded")

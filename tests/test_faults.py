@@ -52,7 +52,7 @@ def test_backoff_starts_at_one_second_doubles_and_stops_at_a_minute():
     delays, retry_ats = [], []
     for i in range(10):
         now = 100.0 + 10 * i
-        f = store.failed(f, "snapshot", "/s/snapshot.json", _enospc(), now, 5000.0 + i)
+        f = store.failed(f, store.Write.SNAPSHOT, "/s/snapshot.json", _enospc(), now, 5000.0 + i)
         delays.append(f.delay)
         retry_ats.append(f.retry_at - now)
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
@@ -61,12 +61,18 @@ def test_backoff_starts_at_one_second_doubles_and_stops_at_a_minute():
     assert (f.errno, f.error) == ("ENOSPC", "No space left on device")
 
 
+def test_a_write_is_named_as_the_logs_and_status_json_say_it():
+    # "recovered: snapshot written to ..."; on 3.11 an Enum's format() would say "Write.SNAPSHOT"
+    assert [f"{w}" for w in store.Write] == ["snapshot", "status", "metrics"]
+    assert [str(w) for w in store.Write] == [w.value for w in store.Write]  # what logging's %s gives
+
+
 def test_degraded_document_names_every_failing_write_and_the_earliest_start():
     assert store.degraded({}, 0.0, 0.0) is None
-    snap = store.failed(None, "snapshot", "/var/lib/netd-hook/snapshot.json", _enospc(), 10.0, 1000.0)
-    st = store.failed(None, "status", "/run/netd-hook/status.json",
+    snap = store.failed(None, store.Write.SNAPSHOT, "/var/lib/netd-hook/snapshot.json", _enospc(), 10.0, 1000.0)
+    st = store.failed(None, store.Write.STATUS, "/run/netd-hook/status.json",
                       OSError(errno.EROFS, "Read-only file system"), 11.0, 999.0)
-    doc = store.degraded({"snapshot": snap, "status": st}, 10.5, 1000.5)
+    doc = store.degraded({store.Write.SNAPSHOT: snap, store.Write.STATUS: st}, 10.5, 1000.5)
     assert doc is not None
     assert doc.since == 999.0
     assert [w.what for w in doc.writes] == ["status", "snapshot"]  # oldest spell first

@@ -89,8 +89,8 @@ def _busy_daemon(tmp_path: Path) -> Service:
     svc.counters.losses["networkd"] = 3
     svc.counters.repairs_by_trigger["reconfigure"] = 2
     svc.attribution.forgotten.forgot(Forget(1.0, 1_699_999_999.0, 7537, "ip", 2, "x"))
-    svc.writes.failing["snapshot"] = store.failed(
-        None, "snapshot", tmp_path / "snapshot.json", OSError(28, "No space left on device"), 0.0,
+    svc.writes.failing[store.Write.SNAPSHOT] = store.failed(
+        None, store.Write.SNAPSHOT, tmp_path / "snapshot.json", OSError(28, "No space left on device"), 0.0,
         1_699_999_990.0)
     svc.state = decide.State(params=decide.Params(stuck_after=1.0), owner=":1.7", listed=True,
                              links={3: "configuring"}, busy_since={3: 0.0})

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from ..core.model import BOOT_ID, FormatError, Saved, Snapshot, snapshot_to_json
@@ -217,13 +218,24 @@ def remove_stale_temps(directory: Path, name: str) -> list[Path]:
 # Failed writes: backoff and what the status document says -----------------------------------
 
 
+class Write(str, Enum):
+    """The files the daemon writes: each has its own spell of failures, and its own backoff."""
+
+    SNAPSHOT = "snapshot"  # in the state directory
+    STATUS = "status"  # status.json, in the runtime directory
+    METRICS = "metrics"  # the metrics textfile (the runtime directory, or [metrics] textfile)
+
+    def __str__(self) -> str:
+        return self.value  # what logs and status.json say, on 3.10 and 3.11 alike
+
+
 @dataclass(frozen=True, slots=True)
 class Failing:
-    """A spell of failed writes of one file (`what`: "snapshot", "status", "metrics").
+    """A spell of failed writes of one file.
 
     `since` is wall-clock time (for people), `retry_at` the loop's clock (for the timer)."""
 
-    what: str
+    what: Write
     path: str
     since: float
     error: str  # the last failure's strerror: "No space left on device"
@@ -233,7 +245,7 @@ class Failing:
     retry_at: float
 
 
-def failed(prev: Failing | None, what: str, path: Path | str, exc: OSError, now: float, wall: float) -> Failing:
+def failed(prev: Failing | None, what: Write, path: Path | str, exc: OSError, now: float, wall: float) -> Failing:
     """The spell after one more failure: the first waits RETRY_FIRST, each next one twice as
     long as the one before, at most RETRY_MAX."""
     code = exc.errno or 0
@@ -245,17 +257,17 @@ def failed(prev: Failing | None, what: str, path: Path | str, exc: OSError, now:
     return Failing(what, str(path), prev.since, error, name, prev.failures + 1, delay, now + delay)
 
 
-_VERB = {"snapshot": "cannot save the snapshot to", "status": "cannot publish the status to",
-         "metrics": "cannot write the metrics to"}
+_VERB = {Write.SNAPSHOT: "cannot save the snapshot to", Write.STATUS: "cannot publish the status to",
+         Write.METRICS: "cannot write the metrics to"}
 
 
 def describe(f: Failing) -> str:
     """One line: what cannot be written where, and why."""
     why = f"{f.error} ({f.errno})" if f.errno else f.error
-    return f"{_VERB.get(f.what, f'cannot write the {f.what} to')} {f.path}: {why}"
+    return f"{_VERB[f.what]} {f.path}: {why}"
 
 
-def degraded(failing: Mapping[str, Failing], now: float, wall: float) -> Degraded | None:
+def degraded(failing: Mapping[Write, Failing], now: float, wall: float) -> Degraded | None:
     """The status document's `degraded`: None while every write works."""
     if not failing:
         return None
@@ -263,7 +275,7 @@ def degraded(failing: Mapping[str, Failing], now: float, wall: float) -> Degrade
     return Degraded(
         since=spells[0].since,
         reason="; ".join(describe(f) for f in spells),
-        writes=tuple(FailingWrite(what=f.what, path=f.path, since=f.since, error=f.error, errno=f.errno,
+        writes=tuple(FailingWrite(what=f.what.value, path=f.path, since=f.since, error=f.error, errno=f.errno,
                                   failures=f.failures, next_attempt_at=round(wall + max(0.0, f.retry_at - now), 3))
                      for f in spells),
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..adapters import status, store
+from ..adapters.store import Write
 from ..commands import metrics
 from ..core import decide
 from ..core import status_doc as sd
@@ -65,7 +66,7 @@ class Publisher:
                len(svc.repairer.set_aside), svc.attribution.forgotten.total, c.save_failures + c.publish_failures,
                len(svc.repairer.unattributed), c.monitor_overruns)
         # a status.json or metrics write that failed is tried again on its backoff, not sooner
-        retry = min((f.retry_at for w, f in failing.items() if w != "snapshot"), default=math.inf)
+        retry = min((f.retry_at for w, f in failing.items() if w is not Write.SNAPSHOT), default=math.inf)
         if key == self.published_key and now < self.published_at + HEARTBEAT and now < retry:
             self.publish_at = min(self.published_at + HEARTBEAT, retry)
             return
@@ -78,7 +79,7 @@ class Publisher:
         else:
             self.publish_at = self.published_at + PUBLISH_INTERVAL
         # a failed write's next attempt is a timer of its own: nothing else need wake the loop by then
-        retry = min((f.retry_at for w, f in failing.items() if w != "snapshot"), default=math.inf)
+        retry = min((f.retry_at for w, f in failing.items() if w is not Write.SNAPSHOT), default=math.inf)
         if retry < math.inf and (self.publish_at is None or retry < self.publish_at):
             self.publish_at = retry
 
@@ -100,12 +101,12 @@ class Publisher:
             self.outage_starts()
         doc = self.status_doc(now, missing, held_back)
         failing = set(writes.failing)
-        for what, path in (("status", svc.runtime_dir / status.STATUS_FILE), ("metrics", self.metrics_path())):
+        for what, path in ((Write.STATUS, svc.runtime_dir / status.STATUS_FILE), (Write.METRICS, self.metrics_path())):
             spell = writes.failing.get(what)
             if spell is not None and now < spell.retry_at:
                 continue  # backing off: a full or read-only directory is tried again at retry_at
             try:
-                if what == "status":
+                if what is Write.STATUS:
                     status.publish(svc.runtime_dir, doc)
                 else:
                     metrics.write(path, doc)
