@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from netd_hook.core.status_doc import Status, from_json
 from tests.lab import Lab, wait_until
 
 __all__ = ["DRILL", "Daemon", "ROOT", "prefs", "route_set", "rule_set", "wait_until"]
@@ -109,11 +110,13 @@ class Daemon:
         extra = {"PYTHONPATH": str(ROOT), **self.env, **(env or {})}
         return self.lab.run("env", *(f"{k}={v}" for k, v in extra.items()), *argv, check=False, timeout=timeout)
 
-    def status(self) -> dict[str, Any]:
-        """The status document as `netd-hook status --json` prints it."""
+    def status(self) -> Status:
+        """The status document as `netd-hook status --json` prints it, read back (from_json)."""
         r = self.cli("status", "--json")
         assert r.stdout, r.stderr
-        return json.loads(r.stdout)["status"]
+        out = json.loads(r.stdout)
+        assert out["status"] is not None, f"no status: {out['error']}"
+        return from_json(out["status"])
 
     def _read_log(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None

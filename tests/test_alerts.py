@@ -31,6 +31,16 @@ from pathlib import Path
 import pytest
 
 from netd_hook.commands import metrics
+from netd_hook.core.status_doc import (
+    Counters,
+    Degraded,
+    FailingWrite,
+    Forgotten,
+    LastRepair,
+    Networkd,
+    Protected,
+    Status,
+)
 from netd_hook.daemon import publisher
 from tests.daemon import Daemon, wait_until
 from tests.lab import Lab
@@ -137,28 +147,29 @@ def matchers(expr: str) -> list[tuple[str, set[str]]]:
 
 def rendered() -> dict[str, set[str]]:
     """Every metric metrics.render() writes, with its label names, from a status document that has
-    every section (a real daemon's: the keys of Service._status_doc)."""
-    doc = {
-        "pid": 4242, "started_at": 1_700_000_000.0, "updated_at": 1_700_000_100.0,
-        "networkd": {"owner": ":1.7", "pid": 99, "generation": 2, "settled": False, "stuck": {"eth3": 12.5},
-                     "links": {"eth0": "configured", "eth3": "configuring", "eni1": "unmanaged"}},
-        "complete": False, "protected": {"rules": 11, "routes": 4}, "missing": 2, "held_back": 1,
-        "set_aside": ["rule 512: to 10.1.1.5 lookup main"],
-        "unattributed": ["rule 1536: from 10.1.1.6 lookup 2"],
-        "forgotten": {"total": 14, "generation": 12, "while_busy": 12, "doubt": "12 protected entries ...",
-                      "by_port": [], "last": None},
-        "missing_since": 1_700_000_090.0, "outage_seconds": 10.0,
-        "last_repair": {"at": 1_700_000_050.0, "trigger": "reconfigure:eth1", "rules_restored": 9,
-                        "routes_restored": 2, "skipped_dead": 1, "duration_ms": 1.5},
-        "counters": {"repairs": 3, "rules_restored": 20, "routes_restored": 4, "skipped_dead": 1, "rollbacks": 1,
-                     "set_aside": 1, "rejected_signals": 5, "bad_bus_values": 0, "forgotten_deliberate": 14,
-                     "orphans_removed": 0, "monitor_overruns": 1, "save_failures": 0, "publish_failures": 0,
-                     "losses": {}, "repairs_by_trigger": {"reconfigure": 2, "networkd-restart": 1},
-                     "bus_reconnects": 0},
-        "degraded": {"snapshot": {"path": "/var/lib/netd-hook/snapshot.json", "error": "ENOSPC"}},
-        "networkd_sockets": [1], "config": "<defaults>", "state_dir": "/var/lib/netd-hook",
-        "snapshot_saved_at": 1_700_000_000.0, "snapshot_unsaved": True,
-    }
+    every section (a real daemon's: what Publisher.status_doc fills in)."""
+    doc = Status(
+        pid=4242, started_at=1_700_000_000.0, updated_at=1_700_000_100.0,
+        networkd=Networkd(owner=":1.7", pid=99, generation=2, settled=False, stuck={"eth3": 12.5},
+                          links={"eth0": "configured", "eth3": "configuring", "eni1": "unmanaged"}),
+        complete=False, protected=Protected(rules=11, routes=4), missing=2, held_back=1,
+        set_aside=("rule 512: to 10.1.1.5 lookup main",),
+        unattributed=("rule 1536: from 10.1.1.6 lookup 2",),
+        forgotten=Forgotten(total=14, generation=12, while_busy=12, doubt="12 protected entries ..."),
+        missing_since=1_700_000_090.0, outage_seconds=10.0,
+        last_repair=LastRepair(at=1_700_000_050.0, trigger="reconfigure:eth1", rules_restored=9,
+                               routes_restored=2, skipped_dead=1, duration_ms=1.5),
+        counters=Counters(repairs=3, rules_restored=20, routes_restored=4, skipped_dead=1, rollbacks=1, set_aside=1,
+                          rejected_signals=5, forgotten_deliberate=14, monitor_overruns=1,
+                          repairs_by_trigger={"reconfigure": 2, "networkd-restart": 1}),
+        degraded=Degraded(since=1_700_000_000.0, reason="cannot save the snapshot to /var/lib/netd-hook/snapshot.json: "
+                                                        "No space left on device (ENOSPC)",
+                          writes=(FailingWrite(what="snapshot", path="/var/lib/netd-hook/snapshot.json",
+                                               since=1_700_000_000.0, error="No space left on device",
+                                               errno="ENOSPC", failures=3, next_attempt_at=1_700_000_104.0),)),
+        networkd_sockets=(1,), config="<defaults>", state_dir="/var/lib/netd-hook",
+        snapshot_saved_at=1_700_000_000.0, snapshot_unsaved=True,
+    )
     out: dict[str, set[str]] = {}
     for line in metrics.render(doc).splitlines():
         if line.startswith("#") or not line:
@@ -346,7 +357,7 @@ def test_every_metric_the_rules_use_is_rendered_by_netd_hook() -> None:
 def test_the_metrics_file_parses_as_prometheus_text() -> None:
     """node_exporter drops a whole textfile that does not parse, and with it every netd-hook
     alert but NetdHookMetricsAbsent. promtool's linter must find nothing."""
-    doc_text = metrics.render({"counters": {"repairs_by_trigger": {'we"ird\\': 1}}})
+    doc_text = metrics.render(Status(counters=Counters(repairs_by_trigger={'we"ird\\': 1})))
     r = subprocess.run([promtool(), "check", "metrics"], input=doc_text, capture_output=True, text=True, timeout=60)
     problems = {line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()}
     assert r.returncode == 0 and not problems, r.stdout + r.stderr  # 1: it does not parse; 3: lint

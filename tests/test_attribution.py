@@ -16,6 +16,7 @@ import pytest
 from netd_hook.adapters import netlink
 from netd_hook.adapters.procfs import NETWORKD_COMM, NetworkdPorts
 from netd_hook.core.forgotten import BULK, NEAR, Forget, Ledger
+from netd_hook.core.status_doc import PortTally
 from netd_hook.core.track import Cause, classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def test_a_pod_deleted_by_the_cni_is_no_doubt():
     led = Ledger()
     led.forgot(_f(10.0, 2, port=9000))
     assert led.doubt() is None and led.total == 2 and led.while_busy == 0
-    assert led.doc()["by_port"] == [{"port": 9000, "process": "systemd", "count": 2, "last_at": 1010.0}]
+    assert led.status().by_port == (PortTally(port=9000, process="systemd", count=2, last_at=1010.0),)
 
 
 def test_bulk_forgetting_while_networkd_is_busy_is_a_doubt_until_the_next_generation():
@@ -133,7 +134,8 @@ def test_bulk_forgetting_while_networkd_is_busy_is_a_doubt_until_the_next_genera
     led.forgot(_f(5.1, BULK, busy=True))
     doubt = led.doubt()
     assert doubt is not None and f"{BULK} protected entries" in doubt and "port 1 (systemd)" in doubt
-    assert led.doc()["doubt"] == doubt and led.doc()["last"]["while_busy"] is True
+    last = led.status().last
+    assert led.status().doubt == doubt and last is not None and last.while_busy is True
     led.new_generation()
     assert led.doubt() is None and led.total == BULK
 

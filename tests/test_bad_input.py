@@ -25,7 +25,7 @@ import pytest
 
 from netd_hook.adapters import config, files, status, store
 from netd_hook.commands import cli, doctor, metrics, ops, render
-from netd_hook.core import model
+from netd_hook.core import model, status_doc
 from netd_hook.core.model import FormatError, Snapshot, snapshot_from_json, snapshot_to_json
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
@@ -351,24 +351,79 @@ def test_doctor_reports_an_unreadable_status_instead_of_crashing(tmp_path: Path,
     assert running and "publishes no status" in running[0].summary, running
 
 
+# What each lie is called: the field, its value, why (as check_document said it before from_json).
+STATUS_LIE_MESSAGES = {
+    "networkd is a string": "networkd: 'settled' is not an object",
+    "networkd is null": 'networkd: None is not an object',
+    "links is a list": "networkd.links: ['eth0'] is not an object",
+    "counters is a list": 'counters: [1, 2] is not an object',
+    "repairs by trigger is a list": "counters.repairs_by_trigger: [['x', 1]] is not an object",
+    "a counter is a string": "counters.rules_restored: '20' is not a count",
+    "forgotten is a string": "forgotten: '2' is not an object",
+    "by_port holds strings": "forgotten.by_port[0]: '7537' is not an object",
+    "last_repair is a number": 'last_repair: 5 is not an object',
+    "duration is a string": "last_repair.duration_ms: 'fast' is not a duration",
+    "started_at is text": "started_at: 'yesterday' is not a time",
+    "updated_at is infinite": 'updated_at: inf is not a time',
+    "updated_at is nan": 'updated_at: nan is not a time',
+    "updated_at is huge": 'updated_at: 1e+300 is not a time',
+    "started_at is a huge int": 'started_at: 1000000000000000000000000000000 is not a time',
+    "missing is text": "missing: '3' is not a count",
+    "outage is text": "outage_seconds: 'long' is not a duration",
+    "sockets is a number": 'networkd_sockets: 7481 is not a list',
+    "set_aside is an object": "set_aside: {'a': 1} is not a list",
+    "protected is a list": 'protected: [11, 4] is not an object',
+    "boolean version": 'version: True is not 1',
+}
+
+
 @pytest.mark.parametrize("name", list(STATUS_LIES))
-def test_the_renderers_never_raise_on_a_lying_document(name: str) -> None:
-    doc = STATUS_LIES[name]
+def test_from_json_refuses_a_lying_document_naming_the_field_and_value(name: str) -> None:
+    # what reaches the readers is a Status: a lie stops here
+    with pytest.raises(status_doc.StatusError) as err:
+        status_doc.from_json(STATUS_LIES[name])
+    assert str(err.value) == STATUS_LIE_MESSAGES[name]
+
+
+def _extremes() -> status_doc.Status:
+    """The largest values from_json accepts, everywhere: what every reader must still show."""
+    big, t, secs, text = status_doc.COUNT_MAX, status_doc.TIME_MAX, status_doc.SECONDS_MAX, "x" * 10_000
+    doc = good_status_doc(
+        pid=big, started_at=t, updated_at=t, missing=big, held_back=big, outage_seconds=secs, missing_since=t,
+        networkd={"owner": text, "pid": big, "generation": big, "settled": False, "stuck": {"eth3": secs},
+                  "links": {"eth3": "configuring", text: text}},
+        protected={"rules": big, "routes": big}, set_aside=[text], unattributed=[text],
+        forgotten={"total": big, "generation": big, "while_busy": big, "doubt": text,
+                   "by_port": [{"port": big, "process": text, "count": big, "last_at": t}],
+                   "last": {"at": t, "port": big, "process": None, "count": big, "example": text, "while_busy": True}},
+        last_repair={"at": t, "trigger": text, "rules_restored": big, "duration_ms": secs},
+        counters={"repairs": big, "losses": {text: big}, "repairs_by_trigger": {'we"ird\\': big, text: big}},
+        degraded={"since": t, "reason": text, "writes": [{"what": text, "path": "/" + text, "since": t,
+                                                          "next_attempt_at": t, "failures": big}]},
+        snapshot_saved_at=t, networkd_sockets=[big])
+    return status_doc.from_json(doc)
+
+
+@pytest.mark.parametrize("now", [0.0, NOW, status_doc.TIME_MAX])
+def test_every_reader_shows_whatever_from_json_accepts(tmp_path: Path, now: float) -> None:
+    s = _extremes()
+    assert status_doc.from_json(json.loads(json.dumps(status_doc.to_json(s)))) == s
     for running in (True, False):
-        text = render.status_text(doc, running, NOW)
+        text = render.status_text(s, running, now)
         assert text.startswith("netd-hook: ")
-    prom = metrics.render(doc)
+    prom = metrics.render(s)
     assert prom.endswith("\n")
     for line in prom.splitlines():  # every sample stays a number Prometheus can parse
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
+    assert doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, s), now, now)
 
 
 def test_a_good_status_file_still_reads_and_renders(held_lock: Path, empty_config: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    status.publish(held_lock, {k: v for k, v in good_status_doc().items() if k not in ("format", "version")})
+    (held_lock / status.STATUS_FILE).write_text(json.dumps(good_status_doc()))
     pr = status.probe(held_lock)
-    assert pr.status is not None and pr.error == "" and status.check_document(pr.status) == ""
+    assert pr.status is not None and pr.error == "" and pr.status == status_doc.from_json(good_status_doc())
     assert cli.main(["status", "--runtime-dir", str(held_lock), "--config", str(empty_config)]) == 0
     assert "active, protecting" in capsys.readouterr().out
 
@@ -508,8 +563,7 @@ def test_doctor_does_not_block_on_a_fifo_among_networkds_files(tmp_path: Path) -
 
 
 def test_doctor_treats_a_snapshot_that_is_not_a_file_as_missing(tmp_path: Path, held_lock: Path) -> None:
-    status.publish(held_lock, {k: v for k, v in good_status_doc(updated_at=NOW).items()
-                               if k not in ("format", "version")})
+    status.publish(held_lock, status_doc.from_json(good_status_doc(updated_at=NOW)))
     state = tmp_path / "state"
     (state / store.SNAPSHOT_FILE).mkdir(parents=True)
     root = tmp_path / "root"
@@ -544,7 +598,7 @@ def test_every_field_of_rule_and_route_has_a_check() -> None:
 
 
 def test_the_daemons_own_status_document_checks_out(tmp_path: Path) -> None:
-    # the schema the readers check (status.DOCUMENT) must accept what the daemon publishes
+    # what the readers accept (status_doc.from_json) must be what the daemon publishes
     from netd_hook.adapters import config as configmod
     from netd_hook.adapters.journal import Notifier, RepairRecord
     from netd_hook.adapters.netlink import Dump, HostRoute, Link
@@ -557,6 +611,7 @@ def test_the_daemons_own_status_document_checks_out(tmp_path: Path) -> None:
     svc.tracker.load(Dump(rules=rules, links=[Link(3, "eth1")], host_routes=[HostRoute("10.1.1.5", "eth1")]))
     for last in (None, RepairRecord("reconfigure:eth1", 1, 0, 0, 0, 0, 0, 0, 1, 0.5, ":1.7")):
         svc.repairer.last_repair = last
-        status.publish(tmp_path, svc.publisher.status_doc(0.0, 0, 0))
+        published = svc.publisher.status_doc(0.0, 0, 0)
+        status.publish(tmp_path, published)
         pr = status.probe(tmp_path)
-        assert pr.error == "" and pr.status is not None
+        assert pr.error == "" and pr.status == published

@@ -20,12 +20,14 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from netd_hook.adapters.journal import MESSAGE_ID_REPAIR
+from netd_hook.core.status_doc import Protected, Status, from_json
 from tests import node as nodemod
 from tests.node import Node, Observer, wait_until
 
@@ -80,9 +82,11 @@ def foreign_rules(n: Node) -> int:
     return sum(1 for fam in (4, 6) for r in n.rules(fam) if r.get("protocol") != "kernel")
 
 
-def status(n: Node) -> dict[str, Any]:
+def status(n: Node) -> Status | None:
+    """The status `netd-hook status --json` prints, read back (from_json); None when it prints none."""
     r = n.run("netd-hook", "status", "--json", check=False)
-    return json.loads(r.stdout).get("status") or {} if r.stdout.strip() else {}
+    doc = json.loads(r.stdout).get("status") if r.stdout.strip() else None
+    return None if doc is None else from_json(doc)
 
 
 def wait_protecting(n: Node, timeout: float = 10.0) -> None:
@@ -91,7 +95,7 @@ def wait_protecting(n: Node, timeout: float = 10.0) -> None:
 
     def ok() -> bool:
         st = status(n)
-        return st.get("protected") == {"rules": want_rules, "routes": want_routes} and st.get("missing") == 0
+        return st is not None and st.protected == Protected(rules=want_rules, routes=want_routes) and st.missing == 0
     try:
         wait_until(ok, timeout, "netd-hook to protect the whole layout", 0.1)
     except AssertionError as e:
@@ -119,18 +123,14 @@ def restore(n: Node) -> None:
 def explain(n: Node, what: str) -> str:
     """The evidence for a failed repair: what is missing, the daemon's own view, its journal."""
     rules, routes = n.missing()
-    st = status(n)
+    st = status(n) or Status()
     sample = sorted(" ".join(f"{k}={v}" for k, v in row if k in ("priority", "src", "dst", "table"))
                     for row in rules)[:5]
     tail = n.run("journalctl", "-u", "netd-hook", "-n", "25", "--no-pager", "-o", "cat", check=False).stdout
     return (f"{what}: {len(rules)} rules and {len(routes)} table routes still missing in the kernel, e.g. {sample}\n"
-            f"daemon: protected={st.get('protected')} missing={st.get('missing')} "
-            f"forgotten={st.get('forgotten')} networkd={_without_links(st.get('networkd'))}\n"
+            f"daemon: protected={st.protected} missing={st.missing} "
+            f"forgotten={st.forgotten} networkd={replace(st.networkd, links={})}\n"
             f"journalctl -u netd-hook:\n{tail}")
-
-
-def _without_links(networkd: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (networkd or {}).items() if k != "links"}
 
 
 def repairs(n: Node) -> list[dict[str, Any]]:
@@ -200,7 +200,7 @@ def test_node_runs_the_installed_daemon_with_networkds_socket(booted: Node) -> N
                    for fd in os.listdir(n.path(f"/proc/{pid}/fd")))
     assert networkd_port(n) == 1
     wait_protecting(n)
-    assert status(n)["networkd_sockets"] == [1]
+    assert getattr(status(n), "networkd_sockets", None) == (1,)
 
 
 def test_reconfigure_of_a_secondary_eni_is_repaired(booted: Node) -> None:

@@ -224,7 +224,7 @@ def test_netd_hook_killed_during_a_reconfigure_repairs_at_its_restart(booted: No
         res = nodemod.outage(events, t0, key=nodemod.rules_but([victim]))
         assert res["missing"] == 0, res
         st = status(n)
-        assert st["forgotten"]["doubt"] is None, st["forgotten"]
+        assert st is not None and st.forgotten.doubt is None, st
         print(f"\n{n.label}: netd-hook SIGKILL during a reconfigure: restarted by systemd "
               f"{ms(t0, started)} after the kill (active {ms(t0, t_up)}); {res['deleted']} rules lost, outage "
               f"{res['outage_ms']:.1f} ms (first rule deleted -> last back, the deleted pod left out); startup "
@@ -297,8 +297,9 @@ def test_carrier_loss_of_a_secondary_eni(booted: Node) -> None:
     repaired = ms(deleted[0][0], last_add(events, [2, 3])) if deleted else "-"
     print(f"\n{n.label}: carrier loss of eth1: {len(deleted)} rules deleted by networkd, repaired during the "
           f"loss in {repaired}; missing while the carrier is away: {len(missing_during[0])} rule(s), "
-          f"{len(missing_during[1])} table routes (daemon says missing={daemon_during.get('missing')}, "
-          f"held_back={daemon_during.get('held_back')}); carrier return -> whole {ms(t_up, last_add(after, [2, 3]))}; "
+          f"{len(missing_during[1])} table routes (daemon says missing={getattr(daemon_during, 'missing', None)}, "
+          f"held_back={getattr(daemon_during, 'held_back', None)}); "
+          f"carrier return -> whole {ms(t_up, last_add(after, [2, 3]))}; "
           f"carrier down -> whole {ms(t_down, last_add(after, [2, 3]))}")
 
 
@@ -329,8 +330,8 @@ def test_a_pod_added_just_before_netd_hook_is_killed_is_repaired_at_its_restart(
         rules, routes = n.missing()
         st = status(n)
         assert not routes and not rules, (f"{len(rules)} rules of live pod {ip} never came back; the restarted "
-                                          f"daemon says missing={st.get('missing')}, forgotten="
-                                          f"{st['forgotten']['total']}\n" + explain(n, "after the restart"))
+                                          f"daemon says missing={getattr(st, 'missing', None)}, forgotten="
+                                          f"{st.forgotten.total if st else None}\n" + explain(n, "after the restart"))
     finally:
         n.del_pod(ip)  # CNI DEL; the next test's fixture puts back anything else missing
         n.baseline = full

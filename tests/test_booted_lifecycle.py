@@ -113,7 +113,7 @@ def test_after_a_reboot_nothing_of_the_earlier_boot_is_replayed(node: Node) -> N
     time.sleep(0.5)
     assert n.protected() == n.baseline  # whole, and not one rule of the earlier boot's pods
     st = status(n)
-    assert st["protected"]["rules"] == foreign_rules(n)
+    assert st is not None and st.protected.rules == foreign_rules(n)
 
 
 def test_an_upgrade_touches_no_rule_and_the_new_daemon_carries_the_snapshot_on(node: Node, next_deb: Path) -> None:
@@ -123,7 +123,7 @@ def test_an_upgrade_touches_no_rule_and_the_new_daemon_carries_the_snapshot_on(n
     since = realtime_us(n)
     with Observer(n) as obs:
         n.install_deb(next_deb)
-        wait_until(lambda: status(n).get("pid") not in (None, old_pid), 20, "the new daemon's status", 0.2)
+        wait_until(lambda: getattr(status(n), "pid", None) not in (None, old_pid), 20, "the new daemon's status", 0.2)
         time.sleep(0.5)
         changes = rule_changes(obs.close())
     assert changes == [], f"the upgrade changed the kernel: {changes[:5]}"

@@ -40,6 +40,7 @@ from typing import Any
 
 import pytest
 
+from netd_hook.core.status_doc import Protected, Status
 from tests import node as nodemod
 from tests.node import Node, NodeError, Observer, wait_until
 from tests.test_booted import (
@@ -169,19 +170,19 @@ def daemon_agrees(n: Node, what: str, timeout: float = 5.0) -> None:
     table routes there are, misses nothing and holds nothing back. A rule of a pod the CNI deleted
     that the daemon still protects shows here (``held_back``, one rule too many), not in the
     kernel: it would be replayed if the pod's IP came back on another pod."""
-    want = {"rules": foreign_rules(n), "routes": len(n.baseline[1])}
-    st: dict[str, Any] = {}
+    want = Protected(rules=foreign_rules(n), routes=len(n.baseline[1]))
+    st: Status | None = None
 
     def ok() -> bool:
         nonlocal st
         st = status(n)
-        return st.get("protected") == want and st.get("missing") == 0 and not st.get("held_back")
+        return st is not None and st.protected == want and st.missing == 0 and not st.held_back
     try:
         wait_until(ok, timeout, "the daemon's view to match the kernel", 0.1)
     except AssertionError:
         diff = n.run("netd-hook", "diff", check=False).stdout
-        raise AssertionError(f"{what}: the kernel has {want}, netd-hook protects {st.get('protected')}, "
-                             f"missing {st.get('missing')}, held back {st.get('held_back')}; "
+        raise AssertionError(f"{what}: the kernel has {want}, netd-hook protects {getattr(st, 'protected', None)}, "
+                             f"missing {getattr(st, 'missing', None)}, held back {getattr(st, 'held_back', None)}; "
                              f"netd-hook diff:\n{diff[-2000:]}") from None
 
 
@@ -409,7 +410,7 @@ def upgrade(trig: Trigger, debs: list[str], restarted: tuple[str, ...]) -> list[
             assert "/opt/networkd/systemd-networkd" in n.read_file(
                 "/etc/systemd/system/systemd-networkd.service.d/00-249.conf")
             assert os.readlink(n.path(f"/proc/{nd['MainPID']}/exe")) == "/opt/networkd/systemd-networkd"
-        assert networkd_port(n) == 1 and status(n).get("networkd_sockets") == [1], status(n)
+        assert networkd_port(n) == 1 and getattr(status(n), "networkd_sockets", None) == (1,), status(n)
     return runs
 
 

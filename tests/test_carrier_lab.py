@@ -290,7 +290,7 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
         assert len(deleted) == expected and all(e[3] == port for e in deleted), (flavour, deleted[:3])
         assert not ipv4_addresses(node, "eth1")
         loss_repair = ms(deleted[0][0], last_protected_add(events)) if deleted else None
-        daemon_missing_during = daemon.status()["missing"]
+        daemon_missing_during = daemon.status().missing
 
         # CNI DEL of a pod on eth1 while the carrier is away: its rules, then its veth
         node.del_pod(VICTIM)
@@ -313,7 +313,7 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
     back = ms(t_up, last_protected_add(after))
     outage = ms(t_down, last_protected_add(after))
     st = daemon.status()
-    assert st["forgotten"]["total"] == 2 and st["forgotten"]["doubt"] is None, st["forgotten"]
+    assert st.forgotten.total == 2 and st.forgotten.doubt is None, st.forgotten
     assert not [ln for ln in daemon.lines[mark:] if "Traceback" in ln]
     print(f"\ncarrier loss, networkd {flavour}: rules deleted by networkd {len(deleted)}; "
           f"repaired during the loss in {fmt(loss_repair)} (first deletion -> last rule back), "
@@ -364,7 +364,7 @@ def test_a_wipe_while_the_carrier_is_away_is_chased_at_once(node: Lab, daemon: D
         events = obs.events(t0)
         repaired = ms(first, last_protected_add(events))
         assert node.link_states()["eth1"] == "configuring"
-        wait_until(lambda: "eth1" in daemon.status()["networkd"]["stuck"], 5, "eth1 named as stuck")
+        wait_until(lambda: "eth1" in daemon.status().networkd.stuck, 5, "eth1 named as stuck")
         t_up = time.monotonic_ns()
         node.run("ip", "link", "set", "vpc1", "up")
         node.wait_state("eth1", "configured")
@@ -374,9 +374,9 @@ def test_a_wipe_while_the_carrier_is_away_is_chased_at_once(node: Lab, daemon: D
         back = ms(t_up, last_protected_add(obs.events(t_up)))
     assert chased is not None and chased < 0.5 * DEFAULT_STUCK_S * 1000, chased
     assert repaired is not None and repaired <= (DEFAULT_STUCK_S + 2) * 1000, repaired
-    wait_until(lambda: daemon.status()["networkd"]["stuck"] == {}, 5, "eth1 no longer stuck")
+    wait_until(lambda: daemon.status().networkd.stuck == {}, 5, "eth1 no longer stuck")
     st = daemon.status()
-    assert st["forgotten"]["total"] == 0, st["forgotten"]
+    assert st.forgotten.total == 0, st.forgotten
     assert not [ln for ln in daemon.lines[mark:] if "Traceback" in ln]
     print(f"\n{trigger} during a carrier loss, networkd {flavour}: {len(rule_deletions(events, port))} rules "
           f"deleted by networkd; every ENI's rules back in {fmt(chased)} while eth1 was configuring "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from netd_hook.core.status_doc import Status, from_json, to_json
 from tests.daemon import Daemon, prefs, rule_set, wait_until
 from tests.lab import Lab
 from tests.test_daemon_lab import TABLES, healthy, wait_back
@@ -50,15 +51,16 @@ def test_status_snapshot_and_diff_agree_with_the_kernel(node: Lab, tmp_path: Pat
     with Daemon(node, tmp_path / "state") as d:
         code, doc = cli_json(d, "status")
         assert code == 0 and doc["running"] is True
-        st = doc["status"]
-        assert st["pid"] == int((d.runtime_dir / "daemon.lock").read_text())
-        assert b"netd_hook" in Path(f"/proc/{st['pid']}/cmdline").read_bytes()
-        assert st["protected"]["rules"] == protected_rules(node)
+        st = from_json(doc["status"])
+        assert doc["status"] == to_json(st)  # what the daemon wrote, key for key
+        assert st.pid == int((d.runtime_dir / "daemon.lock").read_text())
+        assert b"netd_hook" in Path(f"/proc/{st.pid}/cmdline").read_bytes()
+        assert st.protected.rules == protected_rules(node)
         kernel_routes = sum(len(node.routes(t)) for t in TABLES) + len(node.routes(2, family=6))
-        assert st["protected"]["routes"] == kernel_routes
-        assert st["missing"] == 0 and st["complete"] is True
-        assert st["networkd"]["pid"] == node.networkd_pid and st["networkd"]["settled"] is True
-        assert st["networkd"]["links"]["eth1"] == "configured"
+        assert st.protected.routes == kernel_routes
+        assert st.missing == 0 and st.complete is True
+        assert st.networkd.pid == node.networkd_pid and st.networkd.settled is True
+        assert st.networkd.links["eth1"] == "configured"
 
         text = d.cli("status")
         assert text.returncode == 0 and "active, protecting" in text.stdout
@@ -93,16 +95,16 @@ def test_an_outage_in_progress_shows_in_status_diff_and_metrics(node: Lab, tmp_p
         wipe(node, want, "eth1")
         gone = want[0] - rule_set(node)
 
-        def missing_published():
-            doc = json.loads(d.cli("status", "--json").stdout)["status"]
-            return doc if doc["missing"] else None
+        def missing_published() -> Status | None:
+            st = d.status()
+            return st if st.missing else None
 
         st = wait_until(missing_published, 3, "the outage published")
-        assert st["complete"] is False and st["missing_since"] is not None
+        assert st.complete is False and st.missing_since is not None
         # The daemon counts what it was told of; the kernel flushes the table's IPv4 routes without
         # a notification (it finds those when it re-reads the kernel). `diff` reads the kernel.
         route_gone = len(want[1] - healthy(node)[1])
-        assert len(gone) < st["missing"] <= len(gone) + route_gone
+        assert len(gone) < st.missing <= len(gone) + route_gone
         r = d.cli("status")
         assert r.returncode == 1 and "MISSING" in r.stdout
 
@@ -114,16 +116,15 @@ def test_an_outage_in_progress_shows_in_status_diff_and_metrics(node: Lab, tmp_p
         assert "missing, would be restored" in text
 
         metrics = (d.runtime_dir / "metrics.prom").read_text()
-        assert re.search(rf"^netd_hook_missing_entries {st['missing']}$", metrics, re.M)
+        assert re.search(rf"^netd_hook_missing_entries {st.missing}$", metrics, re.M)
 
         wait_back(node, want, d, "repair after the quiet time", timeout=10, mark=mark)
         rep = d.repairs(mark)[0]
-        st = wait_until(lambda: (s := json.loads(d.cli("status", "--json").stdout)["status"])["missing"] == 0
-                        and s["last_repair"] and s, 5, "the repair published")
-        assert st["last_repair"]["trigger"] == rep["trigger"] == "reconfigure:eth1"
-        assert st["last_repair"]["rules_restored"] == int(rep["rules_restored"]) == len(gone)
-        assert st["counters"]["repairs"] == 1
-        assert st["outage_seconds"] >= 3.5  # the quiet time: an outage the node really had
+        st = wait_until(lambda: (s := d.status()).missing == 0 and s.last_repair and s, 5, "the repair published")
+        assert st.last_repair.trigger == rep["trigger"] == "reconfigure:eth1"
+        assert st.last_repair.rules_restored == int(rep["rules_restored"]) == len(gone)
+        assert st.counters.repairs == 1
+        assert st.outage_seconds >= 3.5  # the quiet time: an outage the node really had
         assert d.cli("status").returncode == 0 and d.cli("diff").returncode == 0
         metrics = (d.runtime_dir / "metrics.prom").read_text()
         assert 'netd_hook_repairs_total{trigger="reconfigure"} 1\n' in metrics

@@ -223,8 +223,8 @@ def test_signals_from_a_stranger_are_ignored(node, daemon):
     assert_repairs_of(daemon.repairs(mark), "reconfigure:eth1")  # networkd's own signals, not the forged ones
     # The forged PropertiesChanged reached the daemon and was counted as rejected; the forged
     # NameOwnerChanged never reaches it (its match names the bus daemon as the sender).
-    wait_until(lambda: daemon.status()["counters"]["rejected_signals"] == 1, 3, "the forged signal counted")
-    assert daemon.status()["networkd"]["owner"] == node.name_owner()  # the forged owner change had no effect
+    wait_until(lambda: daemon.status().counters.rejected_signals == 1, 3, "the forged signal counted")
+    assert daemon.status().networkd.owner == node.name_owner()  # the forged owner change had no effect
     # and a deliberate CNI deletion while the stranger shouts "busy" is still never replayed
     mark = daemon.mark()
     node.del_pod("10.1.2.5")

@@ -196,7 +196,7 @@ def test_a_link_that_never_settles_holds_back_repairs_only_for_the_bound():
     s, out = run(s, [(10.0, LinkChanged(A, 9, "configuring", "eth3")),
                      (11.0, LinkChanged(A, 1, "configuring", "eth1")), (11.01, Lost(40, "networkd")),
                      (11.2, LinkChanged(A, 1, "configured"))])
-    assert {a for _, a in out} == {Wake(13.0)}  # held back by eth3 until 13.0, then no longer
+    assert {a for _, a in out} == {Wake(13.0)}  # delayed by eth3 until 13.0, then no longer
     assert not settled(s, 12.9) and settled(s, 13.0)
     s, out = run(s, [(13.0, Tick())])
     assert out == [(13.0, Replay("link-added:eth3"))]

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from netd_hook.adapters import status, store
 from netd_hook.commands import doctor, render
 from netd_hook.commands.doctor import Severity
+from netd_hook.core.status_doc import Networkd, Protected, Status
 
 NOW = 1_700_000_000.0
 ETC_D = "etc/systemd/networkd.conf.d"
@@ -60,16 +62,17 @@ def settings(root: Path, version: int | None = 252) -> tuple[doctor.Setting, doc
     return doctor.effective(facts.conf_files, doctor.RULES_KEY), doctor.effective(facts.conf_files, doctor.ROUTES_KEY)
 
 
-def fresh_status(**over: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "pid": 4242, "started_at": NOW - 3 * 3600, "updated_at": NOW - 12,
-        "networkd": {"owner": ":1.7", "pid": 321, "generation": 3, "settled": True,
-                     "links": {"eth0": "configured", "eth1": "configured", "eni0a1b2c3d4e5": "unmanaged",
-                               "lo": "unmanaged"}},
-        "protected": {"rules": 27, "routes": 2}, "missing": 0, "last_repair": None, "counters": {},
-    }
-    doc.update(over)
-    return doc
+FRESH = Status(
+    pid=4242, started_at=NOW - 3 * 3600, updated_at=NOW - 12,
+    networkd=Networkd(owner=":1.7", pid=321, generation=3, settled=True,
+                      links={"eth0": "configured", "eth1": "configured", "eni0a1b2c3d4e5": "unmanaged",
+                             "lo": "unmanaged"}),
+    protected=Protected(rules=27, routes=2),
+)
+
+
+def fresh_status(**over: Any) -> Status:
+    return replace(FRESH, **over)
 
 
 def installed(root: Path) -> None:
@@ -642,8 +645,7 @@ def test_a_stuck_link_is_a_warning_naming_it_and_since_when(tmp_path: Path) -> N
     cured(tmp_path)
     calm = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status()), NOW - 30, NOW)
     assert not by_check(calm, "netd-hook.stuck") and doctor.exit_code(calm) == 0
-    nd = {**fresh_status()["networkd"], "stuck": {"eth1": 42.0}}
-    nd["links"] = {**nd["links"], "eth1": "configuring"}
+    nd = replace(FRESH.networkd, links={**FRESH.networkd.links, "eth1": "configuring"}, stuck={"eth1": 42.0})
     findings = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(networkd=nd)),
                              NOW - 30, NOW)
     f = one(findings, "netd-hook.stuck")
@@ -658,8 +660,8 @@ def test_a_stuck_link_is_a_warning_naming_it_and_since_when(tmp_path: Path) -> N
 def test_a_degraded_daemon_is_a_warning_naming_the_reason(tmp_path: Path) -> None:
     cured(tmp_path)
     full = OSError(28, "No space left on device")
-    spell = store.failed(None, "snapshot", "/var/lib/netd-hook/snapshot.json", full, 50.0, NOW - 300)
-    degraded = store.degraded_doc({"snapshot": spell}, 60.0, NOW - 12)  # as the daemon publishes it
+    spell = store.failed(None, store.Write.SNAPSHOT, "/var/lib/netd-hook/snapshot.json", full, 50.0, NOW - 300)
+    degraded = store.degraded({store.Write.SNAPSHOT: spell}, 60.0, NOW - 12)  # as the daemon publishes it
     findings = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(degraded=degraded)),
                              NOW - 400, NOW)
     f = one(findings, "netd-hook.degraded")
@@ -857,7 +859,7 @@ def test_bulk_forgetting_while_networkd_was_busy_is_flagged(tmp_path: Path) -> N
     led.networkd_busy(100.0)
     led.forgot(Forget(100.1, NOW - 20, 1, "systemd", BULK * 5, "pref 512 from all to 10.1.1.5/32 lookup 254"))
     findings = doctor.assess(doctor.read_tree(tmp_path, 252),
-                             status.Probe(True, fresh_status(forgotten=led.doc())), NOW - 30, NOW)
+                             status.Probe(True, fresh_status(forgotten=led.status())), NOW - 30, NOW)
     f = one(findings, "netd-hook.forgotten")
     assert f.severity is Severity.WARNING
     assert f"{BULK * 5} protected entries were deleted by port 1 (systemd) while networkd was busy" in f.summary
@@ -866,7 +868,7 @@ def test_bulk_forgetting_while_networkd_was_busy_is_flagged(tmp_path: Path) -> N
     calm = Ledger()
     calm.forgot(Forget(100.0, NOW - 20, 9000, "aws-k8s-agent", 2, "pref 512 from all to 10.1.1.5/32 lookup 254"))
     findings = doctor.assess(doctor.read_tree(tmp_path, 252),
-                             status.Probe(True, fresh_status(forgotten=calm.doc())), NOW - 30, NOW)
+                             status.Probe(True, fresh_status(forgotten=calm.status())), NOW - 30, NOW)
     assert one(findings, "netd-hook.forgotten").severity is Severity.OK
 
 
@@ -876,10 +878,10 @@ def test_a_socket_activated_networkd_without_the_socket_for_netd_hook_is_critica
          "/lib/systemd/system/systemd-networkd.socket")
     facts = doctor.read_tree(tmp_path, 252)
     assert facts.unit.networkd_socket_enabled
-    bad = doctor.assess(facts, status.Probe(True, fresh_status(networkd_sockets=[])), NOW - 30, NOW)
+    bad = doctor.assess(facts, status.Probe(True, fresh_status(networkd_sockets=())), NOW - 30, NOW)
     f = one(bad, "netd-hook.networkd-socket")
     assert f.severity is Severity.CRITICAL and "Sockets=systemd-networkd.socket" in f.detail
-    good = doctor.assess(facts, status.Probe(True, fresh_status(networkd_sockets=[1])), NOW - 30, NOW)
+    good = doctor.assess(facts, status.Probe(True, fresh_status(networkd_sockets=(1,))), NOW - 30, NOW)
     assert not by_check(good, "netd-hook.networkd-socket")
     # networkd not socket-activated: its PID tells, no socket is needed
     plain = doctor.read_tree(tmp_path / "nothing", 252)

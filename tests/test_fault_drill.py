@@ -117,7 +117,7 @@ def test_a_monitor_overrun_during_the_wipe(node: Lab, tmp_path: Path) -> None:
         drilled(node, d, want, before, "repair after a monitor overrun")
         d.wait_log(r"netlink monitor overrun: notifications were lost; re-reading the kernel")
         st = d.status()
-        assert st["counters"]["monitor_overruns"] >= 1 and st["unattributed"] == [], st
+        assert st.counters.monitor_overruns >= 1 and st.unattributed == (), st
 
 
 def test_the_batch_answered_with_an_error_mid_way(node: Lab, tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_the_system_bus_restarted_during_the_wipe(node: Lab, tmp_path: Path) -> 
         d.wait_log(r"reconnecting to the D-Bus system bus", start=mark)
         d.wait_log(r"connected to the D-Bus system bus as", start=mark)
         # published within PUBLISH_INTERVAL, not at the next 30 s heartbeat
-        wait_until(lambda: d.status()["counters"]["bus_reconnects"] >= 1, 3, "the reconnect published")
+        wait_until(lambda: d.status().counters.bus_reconnects >= 1, 3, "the reconnect published")
 
         before = len(journal_repairs(node))
         mark = d.mark()
@@ -193,10 +193,10 @@ def test_the_state_directory_filled_during_the_wipe(node: Lab, tmp_path: Path) -
         node.wait_settled()
         drilled(node, d, want, before, "repair with the state directory full")
         d.wait_note(r"^STATUS=DEGRADED since .*\(ENOSPC\)")
-        assert d.status()["degraded"] is not None
+        assert d.status().degraded is not None
         node.run("rm", f"{state}/filler")
         d.wait_log(r"recovered: snapshot written to .* again", timeout=70)
-        wait_until(lambda: d.status()["degraded"] is None, 5, "no longer degraded")
+        wait_until(lambda: d.status().degraded is None, 5, "no longer degraded")
 
 
 def test_a_snapshot_of_the_wrong_types_is_set_aside_and_the_wipe_repaired(node: Lab, tmp_path: Path) -> None:

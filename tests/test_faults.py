@@ -31,6 +31,7 @@ import pytest
 
 from netd_hook.adapters import netlink, store
 from netd_hook.core.model import Route, Rule, Snapshot
+from netd_hook.core.status_doc import Status, from_json, to_json
 from tests.daemon import Daemon, wait_until
 from tests.lab import Lab
 
@@ -51,7 +52,7 @@ def test_backoff_starts_at_one_second_doubles_and_stops_at_a_minute():
     delays, retry_ats = [], []
     for i in range(10):
         now = 100.0 + 10 * i
-        f = store.failed(f, "snapshot", "/s/snapshot.json", _enospc(), now, 5000.0 + i)
+        f = store.failed(f, store.Write.SNAPSHOT, "/s/snapshot.json", _enospc(), now, 5000.0 + i)
         delays.append(f.delay)
         retry_ats.append(f.retry_at - now)
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
@@ -60,22 +61,28 @@ def test_backoff_starts_at_one_second_doubles_and_stops_at_a_minute():
     assert (f.errno, f.error) == ("ENOSPC", "No space left on device")
 
 
+def test_a_write_is_named_as_the_logs_and_status_json_say_it():
+    # "recovered: snapshot written to ..."; on 3.11 an Enum's format() would say "Write.SNAPSHOT"
+    assert [f"{w}" for w in store.Write] == ["snapshot", "status", "metrics"]
+    assert [str(w) for w in store.Write] == [w.value for w in store.Write]  # what logging's %s gives
+
+
 def test_degraded_document_names_every_failing_write_and_the_earliest_start():
-    assert store.degraded_doc({}, 0.0, 0.0) is None
-    snap = store.failed(None, "snapshot", "/var/lib/netd-hook/snapshot.json", _enospc(), 10.0, 1000.0)
-    st = store.failed(None, "status", "/run/netd-hook/status.json", OSError(errno.EROFS, "Read-only file system"),
-                      11.0, 999.0)
-    doc = store.degraded_doc({"snapshot": snap, "status": st}, 10.5, 1000.5)
+    assert store.degraded({}, 0.0, 0.0) is None
+    snap = store.failed(None, store.Write.SNAPSHOT, "/var/lib/netd-hook/snapshot.json", _enospc(), 10.0, 1000.0)
+    st = store.failed(None, store.Write.STATUS, "/run/netd-hook/status.json",
+                      OSError(errno.EROFS, "Read-only file system"), 11.0, 999.0)
+    doc = store.degraded({store.Write.SNAPSHOT: snap, store.Write.STATUS: st}, 10.5, 1000.5)
     assert doc is not None
-    assert doc["since"] == 999.0
-    assert [w["what"] for w in doc["writes"]] == ["status", "snapshot"]  # oldest spell first
-    assert doc["reason"] == ("cannot publish the status to /run/netd-hook/status.json: Read-only file system (EROFS); "
-                             "cannot save the snapshot to /var/lib/netd-hook/snapshot.json: "
-                             "No space left on device (ENOSPC)")
-    w = doc["writes"][1]
-    assert (w["errno"], w["failures"], w["path"]) == ("ENOSPC", 1, "/var/lib/netd-hook/snapshot.json")
-    assert w["next_attempt_at"] == pytest.approx(1001.0)  # wall clock: 0.5 s from now
-    json.dumps(doc)  # it goes into status.json as it is
+    assert doc.since == 999.0
+    assert [w.what for w in doc.writes] == ["status", "snapshot"]  # oldest spell first
+    assert doc.reason == ("cannot publish the status to /run/netd-hook/status.json: Read-only file system (EROFS); "
+                          "cannot save the snapshot to /var/lib/netd-hook/snapshot.json: "
+                          "No space left on device (ENOSPC)")
+    w = doc.writes[1]
+    assert (w.errno, w.failures, w.path) == ("ENOSPC", 1, "/var/lib/netd-hook/snapshot.json")
+    assert w.next_attempt_at == pytest.approx(1001.0)  # wall clock: 0.5 s from now
+    assert from_json(to_json(Status(degraded=doc))).degraded == doc  # it goes into status.json as it is
 
 
 # Stale temporary files (finding 6) -----------------------------------------------------------
@@ -312,9 +319,9 @@ def test_replies_left_over_from_an_aborted_dump_are_never_taken_for_the_next_one
 # The daemon in the lab -------------------------------------------------------------------------
 
 
-def _status(d: Daemon) -> dict:
-    r = d.cli("status", "--json")
-    return json.loads(r.stdout)["status"]
+def _written(run: Path) -> Status:
+    """status.json as the daemon wrote it."""
+    return from_json(json.loads((run / "status.json").read_text()))
 
 
 def _ls(lab: Lab, directory: Path) -> list[str]:
@@ -376,9 +383,9 @@ def test_a_state_directory_that_cannot_be_written_degrades_and_recovers(node: La
         note = d.wait_note(rf"^STATUS=DEGRADED since .*cannot save the snapshot to {state}/snapshot\.json: "
                            rf".*\({code}\)")
         assert "protecting" in note.string
-        deg = _status(d)["degraded"]
-        assert deg is not None and [w["what"] for w in deg["writes"]] == ["snapshot"]
-        assert deg["writes"][0]["errno"] == code and deg["since"] <= time.time()
+        deg = d.status().degraded
+        assert deg is not None and [w.what for w in deg.writes] == ["snapshot"]
+        assert deg.writes[0].errno == code and deg.since <= time.time()
 
         # it protects from memory
         mark = d.mark()
@@ -388,7 +395,7 @@ def test_a_state_directory_that_cannot_be_written_degrades_and_recovers(node: La
         # retried with backoff (1 s, then 2 s), said once
         d.wait_log(r"cannot save the snapshot .*\(failure 3\); retrying in 4s", timeout=8)
         assert len(_degraded_warnings(d)) == 1, "\n".join(_degraded_warnings(d))
-        assert wait_until(lambda: _status(d)["counters"]["save_failures"] >= 3, 5, "save failures counted")
+        assert wait_until(lambda: d.status().counters.save_failures >= 3, 5, "save failures counted")
         listing = _ls(node, state)
         assert not [n for n in listing if n.endswith(".tmp")], listing  # nothing partial, nothing temporary
         assert listing == sorted(set(before) | ({"filler", "replay.lock"} if fault == "full" else set()))
@@ -398,10 +405,10 @@ def test_a_state_directory_that_cannot_be_written_degrades_and_recovers(node: La
         mend(node, str(state))
         d.wait_log(r"recovered: snapshot written to .* again, after \d+ failed attempts.*; no longer degraded",
                    timeout=12, start=mark)
-        wait_until(lambda: _status(d)["degraded"] is None, 5, "degraded cleared in status.json")
+        wait_until(lambda: d.status().degraded is None, 5, "degraded cleared in status.json")
         assert node.run("test", "-s", str(state / "snapshot.json"), check=False).returncode == 0
         assert "DEGRADED" not in [n for n in d.notes if n.startswith("STATUS=")][-1]
-        assert _status(d)["snapshot_saved_at"] is not None
+        assert d.status().snapshot_saved_at is not None
         assert not [n for n in _ls(node, state) if n.endswith(".tmp")]
         assert len(_degraded_warnings(d)) == 1
         assert d.stop() == 0
@@ -440,11 +447,10 @@ def test_a_runtime_directory_turning_read_only_degrades_and_recovers(node: Lab, 
         node.run("umount", str(run))
         d.wait_log(r"recovered: status written to .*; no longer degraded|recovered: metrics written to .*; no longer "
                    r"degraded", timeout=10, start=mark)
-        wait_until(lambda: json.loads((run / "status.json").read_text())["degraded"] is None, 5,
-                   "degraded cleared in status.json")
-        doc = json.loads((run / "status.json").read_text())
-        assert doc["counters"]["publish_failures"] >= 2
-        assert doc["last_repair"] is not None  # the repair made while it was read-only is published now
+        wait_until(lambda: _written(run).degraded is None, 5, "degraded cleared in status.json")
+        doc = _written(run)
+        assert doc.counters.publish_failures >= 2
+        assert doc.last_repair is not None  # the repair made while it was read-only is published now
         assert "DEGRADED" not in [n for n in d.notes if n.startswith("STATUS=")][-1]
         assert d.stop() == 0
     finally:
@@ -459,7 +465,7 @@ def test_temporary_files_of_a_daemon_killed_while_saving_are_removed_at_start(no
     try:
         d.start()
         wait_until(lambda: (run / "status.json").exists(), 5, "status.json")
-        pid = json.loads((run / "status.json").read_text())["pid"]
+        pid = _written(run).pid
         # What a kill -9 in the middle of atomic_write leaves: its temporary files, named by its pid.
         debris = [state / f".snapshot.json.{pid}.tmp", run / f".status.json.{pid}.tmp",
                   run / f".metrics.prom.{pid}.tmp"]

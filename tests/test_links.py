@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from netd_hook.adapters import status
@@ -33,13 +34,19 @@ def test_keys_are_the_callers() -> None:
     assert links.managed({}) == frozenset()
 
 
+def test_managed_names_are_the_kernels_names_of_managed_links() -> None:
+    # the daemon's (ifindex -> state, tracker's ifindex -> name) and ops' (state files, a dump)
+    states = {2: "configured", 3: "unmanaged", 7: "configuring", 9: "configured"}
+    assert links.managed_names(states, {2: "eth1", 3: "eni3", 7: "eth2"}) == frozenset({"eth1", "eth2"})  # 9: gone
+
+
 def test_doctors_links_and_cured_findings_name_the_same_managed_links(tmp_path: Path) -> None:
     """lo under a .network of its own is managed (both findings say so); a lingering link and
     one without a state are in neither list, nor counted as unmanaged."""
     cured(tmp_path)
-    nd = {**fresh_status()["networkd"],
-          "links": {"eth0": "configured", "lo": "configured", "eth9": "linger", "eth4": "", "eth3": "failed",
-                    "veth1": "unmanaged"}}
+    nd = replace(fresh_status().networkd,
+                 links={"eth0": "configured", "lo": "configured", "eth9": "linger", "eth4": "", "eth3": "failed",
+                        "veth1": "unmanaged"})
     findings = doctor.assess(doctor.read_tree(tmp_path, 252), status.Probe(True, fresh_status(networkd=nd)),
                              NOW - 30, NOW)
     assert one(findings, "networkd.links").summary == (

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from netd_hook.core.status_doc import Status, from_json
 from tests import test_daemon_lab as daemon_lab
 from tests.daemon import ROOT, Daemon, prefs, rule_set, wait_until
 from tests.lab import NETWORKD, Lab, require_networkd_249
@@ -62,16 +63,17 @@ def flavours(*names: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("node", names, indirect=True)
 
 
-def status_json(d: Daemon) -> tuple[int, dict[str, Any]]:
+def status_json(d: Daemon) -> tuple[int, Status]:
+    """`netd-hook status --json`: its exit status and the Status it printed."""
     r = d.cli("status", "--json")
     assert r.stdout, r.stderr
-    return r.returncode, json.loads(r.stdout)["status"]
+    return r.returncode, from_json(json.loads(r.stdout)["status"])
 
 
 def assert_nothing_forgotten(d: Daemon) -> None:
     _, st = status_json(d)
-    assert st["forgotten"]["total"] == 0, (st["forgotten"], d.log())
-    assert st["forgotten"]["doubt"] is None
+    assert st.forgotten.total == 0, (st.forgotten, d.log())
+    assert st.forgotten.doubt is None
 
 
 @flavours("252", "249", "252-self-no-udev", "252-socket-no-udev", "252-self-udev")
@@ -83,7 +85,7 @@ def test_reconfigure_of_a_secondary_is_repaired(node: Lab, daemon: Daemon) -> No
     daemon.wait_log(r"lost \d+ protected entries \(removed by networkd\)", start=mark)
     assert_nothing_forgotten(daemon)
     _, st = status_json(daemon)
-    assert st["networkd_sockets"] == ([node.networkd_socket_port] if node.networkd_socket_port else [])
+    assert st.networkd_sockets == ((node.networkd_socket_port,) if node.networkd_socket_port else ())
 
 
 @flavours("249")
@@ -167,10 +169,10 @@ def test_without_networkds_socket_the_wipe_is_forgotten_but_never_called_whole(n
         d.wait_log(rf"forgot \d+ protected entries deleted by port {node.networkd_socket_port} "
                    r".* while networkd was busy")
         assert not rule_set(node) >= want[0]  # nothing came back: the old failure, reproduced
-        wait_until(lambda: status_json(d)[1]["forgotten"]["doubt"], 5, "the doubt to be published")
+        wait_until(lambda: status_json(d)[1].forgotten.doubt, 5, "the doubt to be published")
         rc, st = status_json(d)
-        assert rc == 1 and st["missing"] == 0  # nothing missing by its own account, and yet exit 1
-        assert f"port {node.networkd_socket_port}" in st["forgotten"]["doubt"]
+        assert rc == 1 and st.missing == 0  # nothing missing by its own account, and yet exit 1
+        assert f"port {node.networkd_socket_port}" in st.forgotten.doubt
         text = d.cli("status").stdout
         assert "NOT VOUCHED WHOLE" in text and "DOUBT:" in text, text
         r = d.cli("wait", "--timeout", "5")
@@ -203,7 +205,7 @@ def test_a_new_networkd_socket_with_another_port_restarts_the_daemon_and_nothing
         d.close()
     with Daemon(node, state) as again:  # what Restart=on-failure does
         _, st = status_json(again)
-        assert st["networkd_sockets"] == [node.networkd_socket_port]
+        assert st.networkd_sockets == (node.networkd_socket_port,)
         wait_back(node, want, again, "repair at start with the new socket")
 
 
@@ -230,9 +232,9 @@ def test_the_eni_primary_rule_survives_a_re_dump_while_its_address_is_away(node:
     node.run("ip", "addr", "add", f"{e.ip}/{e.prefixlen}", "dev", e.name)
     assert any(dict(r).get("priority") == "32765" and e.ip in str(r) for r in rule_set(node)), daemon.log()
     assert f"removed {rule}" not in daemon.log() and "netd-hook had restored it" not in daemon.log()
-    wait_until(lambda: status_json(daemon)[1]["missing"] == 0, 10, "nothing missing", interval=0.2)
+    wait_until(lambda: status_json(daemon)[1].missing == 0, 10, "nothing missing", interval=0.2)
     _, st = status_json(daemon)
-    assert st["protected"]["rules"] == status_before["protected"]["rules"], (st["protected"], daemon.log())
+    assert st.protected.rules == status_before.protected.rules, (st.protected, daemon.log())
 
 
 
@@ -253,7 +255,7 @@ def test_a_link_without_carrier_holds_back_repairs_only_for_stuck_ms(node: Lab, 
         node.wait_state("eth3", "configuring")
         wait_back(node, want, d, "repair despite a link stuck configuring", timeout=15, mark=mark)
         assert node.link_states()["eth3"] == "configuring"
-        wait_until(lambda: "eth3" in status_json(d)[1]["networkd"]["stuck"], 5, "eth3 named as stuck")
+        wait_until(lambda: "eth3" in status_json(d)[1].networkd.stuck, 5, "eth3 named as stuck")
         assert "eth3" in d.cli("status").stdout
         mark = d.mark()
         started = time.monotonic()
@@ -263,7 +265,7 @@ def test_a_link_without_carrier_holds_back_repairs_only_for_stuck_ms(node: Lab, 
         node.run("ip", "link", "set", "vpc3", "up")  # the carrier comes: eth3 configures at last
         node.wait_state("eth3", "configured")
         wait_back(node, want, d, "whole after the stuck link settled (249 wipes again on carrier)")
-        wait_until(lambda: status_json(d)[1]["networkd"]["stuck"] == {}, 5, "eth3 no longer stuck")
+        wait_until(lambda: status_json(d)[1].networkd.stuck == {}, 5, "eth3 no longer stuck")
 
 
 @flavours("252")
@@ -292,6 +294,6 @@ def test_rejected_signals_are_published_at_once(node: Lab, daemon: Daemon) -> No
                 "PropertiesChanged", "sa{sv}as", "org.freedesktop.network1.Link", "1",
                 "AdministrativeState", "s", "configuring", "0")
     started = time.monotonic()
-    wait_until(lambda: status_json(daemon)[1]["counters"]["rejected_signals"] >= 1, 5, "the count published",
+    wait_until(lambda: status_json(daemon)[1].counters.rejected_signals >= 1, 5, "the count published",
                interval=0.05)
     assert time.monotonic() - started < 2.0

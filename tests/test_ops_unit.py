@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,27 +19,30 @@ from netd_hook.adapters import config, status
 from netd_hook.adapters.netlink import Dump, HostRoute, Link
 from netd_hook.commands import cli, metrics, ops, render
 from netd_hook.core.model import Snapshot
+from netd_hook.core.status_doc import Counters, LastRepair, Networkd, Protected, Status
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def doc(**over):
-    base = {
-        "pid": 4242, "started_at": 1_700_000_000.0, "updated_at": 1_700_000_100.0,
-        "networkd": {"owner": ":1.7", "pid": 99, "generation": 2, "settled": True,
-                     "links": {"eth0": "configured", "eth1": "configuring", "eni1": "unmanaged"}},
-        "complete": True, "protected": {"rules": 11, "routes": 4}, "missing": 0, "held_back": 0,
-        "set_aside": [], "missing_since": None, "outage_seconds": 0.25,
-        "last_repair": {"at": 1_700_000_050.0, "trigger": "reconfigure:eth1", "rules_restored": 9,
-                        "routes_restored": 2, "skipped_dead": 1, "duration_ms": 1.5},
-        "counters": {"repairs": 3, "rules_restored": 20, "routes_restored": 4, "skipped_dead": 1, "rollbacks": 0,
-                     "set_aside": 0, "rejected_signals": 5, "bad_bus_values": 0, "forgotten_deliberate": 2,
-                     "orphans_removed": 0, "monitor_overruns": 0,
-                     "repairs_by_trigger": {"reconfigure": 2, "networkd-restart": 1}},
-    }
-    base.update(over)
-    return base
+STATUS = Status(
+    pid=4242, started_at=1_700_000_000.0, updated_at=1_700_000_100.0,
+    networkd=Networkd(owner=":1.7", pid=99, generation=2, settled=True,
+                      links={"eth0": "configured", "eth1": "configuring", "eni1": "unmanaged"}),
+    complete=True, protected=Protected(rules=11, routes=4), outage_seconds=0.25,
+    last_repair=LastRepair(at=1_700_000_050.0, trigger="reconfigure:eth1", rules_restored=9, routes_restored=2,
+                           skipped_dead=1, duration_ms=1.5),
+    counters=Counters(repairs=3, rules_restored=20, routes_restored=4, skipped_dead=1, rejected_signals=5,
+                      forgotten_deliberate=2, repairs_by_trigger={"reconfigure": 2, "networkd-restart": 1}),
+)
+
+
+def doc(**over: Any) -> Status:
+    return replace(STATUS, **over)
+
+
+def by_trigger(counts: dict[str, int]) -> Status:
+    return replace(STATUS, counters=replace(STATUS.counters, repairs_by_trigger=counts))
 
 
 # status file and lock ------------------------------------------------------------------------
@@ -52,8 +57,9 @@ def test_lock_marks_running_and_is_released_when_closed(tmp_path: Path):
     lock = status.DaemonLock(tmp_path)
     status.publish(tmp_path, doc())
     pr = status.probe(tmp_path)
-    assert pr.running and pr.status is not None and pr.status["pid"] == 4242
-    assert pr.status["format"] == "netd-hook/status" and pr.status["version"] == 1
+    assert pr.running and pr.status == doc()
+    written = json.loads((tmp_path / status.STATUS_FILE).read_text())
+    assert written["format"] == "netd-hook/status" and written["version"] == 1 and written["pid"] == 4242
     with pytest.raises(status.AlreadyRunning):
         status.DaemonLock(tmp_path)
     assert (tmp_path / "daemon.lock").read_text() == f"{os.getpid()}\n"
@@ -113,17 +119,13 @@ def test_metrics_render_every_family_from_the_status_document():
 
 
 def test_metrics_without_repairs_still_expose_the_counter():
-    d = doc(last_repair=None)
-    d["counters"]["repairs_by_trigger"] = {}
-    text = metrics.render(d)
+    text = metrics.render(replace(by_trigger({}), last_repair=None))
     assert "\nnetd_hook_repairs_total 0\n" in text
     assert "\nnetd_hook_last_repair_timestamp_seconds 0.0\n" in text
 
 
 def test_metrics_label_values_are_escaped():
-    d = doc()
-    d["counters"]["repairs_by_trigger"] = {'we"ird\\': 1}
-    assert 'netd_hook_repairs_total{trigger="we\\"ird\\\\"} 1' in metrics.render(d)
+    assert 'netd_hook_repairs_total{trigger="we\\"ird\\\\"} 1' in metrics.render(by_trigger({'we"ird\\': 1}))
 
 
 def test_metrics_write_is_atomic_and_complete(tmp_path: Path):
@@ -174,15 +176,15 @@ def test_check_plans_like_the_daemon_with_the_liveness_gate():
     dump = Dump(rules=[], routes=list(eni_routes(1)), host_routes=[HostRoute("10.1.1.5", "eni5")], links=links)
     chk = ops.check(snap, dump, config.Config().scope, frozenset({"eth1"}))
     assert sorted(r.describe() for r in chk.plan.rules) == sorted(r.describe() for r in pod_rules("10.1.1.5", 2))
-    assert {s.entry.host_address() for s in chk.plan.skipped} == {"10.1.1.6"}
-    assert all(s.dead for s in chk.plan.skipped)
+    assert {s.entry.host_address() for s in chk.plan.held_back} == {"10.1.1.6"}
+    assert all(s.dead for s in chk.plan.held_back)
     j = render.diff_json(chk)
     assert len(j["missing"]) == 2 and len(j["held_back"]) == 2 and j["managed_links"] == ["eth1"]
     assert "held back by the liveness gate (2)" in render.diff_text(chk)
 
 
-def test_diff_lists_what_the_daemon_held_back_after_an_overrun_apart_and_still_exits_1(tmp_path: Path):
-    """Entries the daemon holds back after a monitor overrun are missing like any other (they
+def test_diff_lists_what_the_daemon_calls_unattributed_apart_and_still_exits_1(tmp_path: Path):
+    """Entries the daemon calls unattributed (after a monitor overrun) are missing like any other (they
     stay in the plan, so `diff` exits 1 as for any entry a replay would restore) but are listed
     apart, with why the daemon does not put them back and the command that does."""
     rules = [*NODE_RULES[:2], *pod_rules("10.1.1.5", 2)]
@@ -194,24 +196,25 @@ def test_diff_lists_what_the_daemon_held_back_after_an_overrun_apart_and_still_e
     back = eni_routes(1)[0].describe()  # the daemon still lists it, but the kernel has it again
     lock = status.DaemonLock(tmp_path)
     try:
-        status.publish(tmp_path, doc(unattributed=[fwmark, back]))
-        held = ops.with_daemon_view(chk, tmp_path)
+        status.publish(tmp_path, doc(unattributed=(fwmark, back)))
+        viewed = ops.with_daemon_view(chk, tmp_path)
     finally:
         lock.close()
-    assert held.unattributed == frozenset({fwmark, back})
-    assert ops.with_daemon_view(chk, tmp_path).unattributed == frozenset()  # stopped: it holds nothing back
-    assert len(held.plan) == len(chk.plan) == 4  # cli's exit code: 1, as without the daemon's view
-    text = render.diff_text(held)
+    assert viewed.unattributed == frozenset({fwmark, back})
+    assert ops.with_daemon_view(chk, tmp_path).unattributed == frozenset()  # stopped: none are unattributed
+    assert len(viewed.plan) == len(chk.plan) == 4  # cli's exit code: 1, as without the daemon's view
+    text = render.diff_text(viewed)
     assert "missing, would be restored (3):" in text and f"  + rule  {fwmark}" not in text
-    assert ("missing, held back after a netlink monitor overrun (1; who deleted them is unknown; "
-            "`netd-hook replay` puts them back):\n"
+    assert ("missing, unattributed (1; deleted unseen in a netlink monitor overrun while networkd was idle; "
+            "who deleted them is unknown; `netd-hook replay` puts them back):\n"
             f"  ? rule  {fwmark}") in text
     assert back not in text
-    j = render.diff_json(held)
+    j = render.diff_json(viewed)
     assert fwmark not in [m["entry"] for m in j["missing"]] and len(j["missing"]) == 3
     assert j["unattributed"] == [{"kind": "rule", "entry": fwmark,
-                                  "reason": "held back after a netlink monitor overrun: who deleted them is unknown"}]
-    # without the daemon's view (or with nothing held back) diff says what it always said
+                                  "reason": "deleted unseen in a netlink monitor overrun while networkd was idle: "
+                                            "who deleted them is unknown"}]
+    # without the daemon's view (or with nothing unattributed) diff says what it always said
     assert "overrun" not in render.diff_text(chk) and render.diff_json(chk)["unattributed"] == []
 
 

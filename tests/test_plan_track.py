@@ -27,7 +27,7 @@ def test_plan_adds_missing_routes_first_then_rules_by_priority_and_skips_present
     p = plan(snap, present_rules={NODE_RULES[0]}, present_routes=set(), live=live())
     assert [r.priority for r in p.rules] == [512, 1024, 1536, 32765]
     assert [r.dst for r in p.routes] == ["10.0.1.1/32", "0.0.0.0/0"]  # the gateway's /32 before "via" it
-    assert not p.skipped and len(p) == 6
+    assert not p.held_back and len(p) == 6
 
 
 def test_liveness_gate_holds_back_dead_pods_and_missing_devices_but_not_node_addresses():
@@ -36,7 +36,7 @@ def test_liveness_gate_holds_back_dead_pods_and_missing_devices_but_not_node_add
         frozenset([*eni_routes(1), Route(AF_INET, 2, "10.9.0.0/16", oif="eth9")]),
     )
     p = plan(snap, set(), set(), live())
-    reasons = {s.entry: s for s in p.skipped}
+    reasons = {s.entry: s for s in p.held_back}
     for rule in pod_rules("10.1.1.6", 2):  # no host route: the CNI deleted this pod
         assert reasons[rule].dead and "10.1.1.6" in reasons[rule].reason
     assert not reasons[Route(AF_INET, 2, "10.9.0.0/16", oif="eth9")].dead
@@ -47,12 +47,12 @@ def test_liveness_gate_holds_back_dead_pods_and_missing_devices_but_not_node_add
 def test_host_route_on_a_managed_link_does_not_keep_a_pod_alive():
     snap = Snapshot(frozenset(pod_rules("10.1.1.5", 2)), frozenset())
     p = plan(snap, set(), set(), live(host_routes={"10.1.1.5": {"eth1"}}))
-    assert not p.rules and len(p.skipped) == 2
+    assert not p.rules and len(p.held_back) == 2
 
 
 def test_set_aside_entries_are_not_planned():
     snap = Snapshot(frozenset(NODE_RULES[1:2]), frozenset())
-    assert not plan(snap, set(), set(), live(), set_aside={NODE_RULES[1]}).rules
+    assert not plan(snap, set(), set(), live(), excluded={NODE_RULES[1]}).rules
 
 
 def test_classify_by_netlink_port():
@@ -123,7 +123,7 @@ def test_rescope_forgets_what_left_the_scope():
 def test_a_node_address_briefly_gone_holds_its_rule_back_without_forgetting_it():
     snap = Snapshot(frozenset([NODE_RULES[2]]), frozenset())
     p = plan(snap, set(), set(), live(local_addresses=set(), node_addresses={"10.0.1.10"}))
-    assert not p.rules and [s.dead for s in p.skipped] == [False]
+    assert not p.rules and [s.dead for s in p.held_back] == [False]
 
 
 def test_the_address_coming_back_is_a_reason_to_replay_and_its_device_going_away_ends_it():
@@ -135,7 +135,7 @@ def test_the_address_coming_back_is_a_reason_to_replay_and_its_device_going_away
     t.apply(Change(False, Link(3, "eth1"), 0), Cause.KERNEL)  # the ENI is detached
     assert "10.0.1.10" not in t.node_addresses
     p = plan(t.snapshot(), t.present_rules, t.present_routes, t.liveness(frozenset()))
-    assert [s.dead for s in p.skipped if s.entry == NODE_RULES[2]] == [True]
+    assert [s.dead for s in p.held_back if s.entry == NODE_RULES[2]] == [True]
 
 
 def test_rules_we_restored_for_a_pod_that_then_goes_away_are_taken_out_again():
@@ -173,7 +173,7 @@ def test_protected_route_count_is_the_snapshots_without_copying_it():
     stray = Route(AF_INET, 7, "0.0.0.0/0", oif="eth1", gateway="10.0.1.1")  # no rule looks up table 7
     t = Tracker(Scope(), Snapshot(frozenset(pod_rules("10.1.1.5", 2)), frozenset([*eni_routes(1), stray])))
     assert t.protected_route_count() == len(t.snapshot().protected_routes()) == 2
-    t.forget(pod_rules("10.1.1.5", 2))  # the last rule looking up table 2 goes: so do its routes' protection
+    t.unprotect(pod_rules("10.1.1.5", 2))  # the last rule looking up table 2 goes: so do its routes' protection
     assert t.protected_route_count() == len(t.snapshot().protected_routes()) == 0
 
 

@@ -33,6 +33,7 @@ from netd_hook.adapters import netlink, status, store
 from netd_hook.adapters.netlink import BatchResult, Dump, HostRoute, Link, LocalAddress
 from netd_hook.commands import cli, ops
 from netd_hook.core.model import AF_INET, Route, Snapshot
+from netd_hook.core.status_doc import Networkd, Status, from_json
 from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +82,9 @@ def test_what_the_gate_decides_depends_on_the_link_states() -> None:
     snap, dump = _pod_on_eth1()
     scope = configmod.Config().scope
     chk = ops.check(snap, dump, scope, ops.managed_links(dump, {"3": "configured"}))
-    assert len(chk.plan) == 0 and {s.dead for s in chk.plan.skipped} == {True}  # gone: never replayed
+    assert len(chk.plan) == 0 and {s.dead for s in chk.plan.held_back} == {True}  # gone: never replayed
     chk = ops.check(snap, dump, scope, ops.managed_links(dump, {}))
-    assert len(chk.plan) == 2 and not chk.plan.skipped  # taken for alive: both rules would be replayed
+    assert len(chk.plan) == 2 and not chk.plan.held_back  # taken for alive: both rules would be replayed
 
 
 def _netns_available() -> bool:
@@ -211,7 +212,7 @@ def test_wait_says_the_kernel_was_not_checked_when_the_dump_fails(monkeypatch: p
     state, run = saved
     lock = status.DaemonLock(run)
     try:
-        status.publish(run, {"pid": 1, "networkd": {"pid": 7, "generation": 1}, "complete": True, "missing": 0})
+        status.publish(run, Status(pid=1, networkd=Networkd(pid=7, generation=1), complete=True))
         assert cli.main(["wait", "--state-dir", str(state), "--runtime-dir", str(run), "--timeout", "1"]) == 0
     finally:
         lock.close()
@@ -300,7 +301,7 @@ def publishing(tmp_path: Path) -> Iterator[Any]:
         host_routes=[HostRoute(a, "enia1") for a in ("10.1.1.5", "10.1.1.7", "10.1.2.5")],
         local_addresses=[LocalAddress("10.0.1.10", "eth1")]))
     svc.repairer.holds.set_aside = {pod_rules("10.1.1.7", 2)[1]}  # refused by the kernel: not planned
-    svc.repairer.holds.unattributed = {NODE_RULES[0]}  # held back after an overrun, and back in the kernel since
+    svc.repairer.holds.unattributed = {NODE_RULES[0]}  # unattributed after an overrun, and back in the kernel since
     svc.state = decide.State(owner=":1.7", listed=True, links={3: "configured"})
     svc.mon = netlink.open_socket()
     try:
@@ -321,20 +322,50 @@ def test_publishing_the_status_never_copies_the_snapshot(publishing: Any, tmp_pa
     svc.tracker.snapshot = counted
 
     async def publish() -> None:
-        svc.publisher.publish(0.0)
+        svc.publisher.publish(anyio.current_time())  # the loop clock, as the outage clock
 
     anyio.run(publish)
     assert copies == []  # before: one whole copy per publish, twice a second during pod churn
-    doc = json.loads((tmp_path / status.STATUS_FILE).read_text())
+    doc = from_json(json.loads((tmp_path / status.STATUS_FILE).read_text()))
     # by construction: missing and put back are 10.1.1.5's two rules and table 2's default route;
     # held back are 10.1.1.6's two rules (pod gone) and the route through eth2 (device gone). Not
-    # counted: 10.1.1.7's rule set aside, table 7's route (unprotected), the rule held back after
-    # an overrun that is back (and so no longer held back).
-    assert (doc["missing"], doc["held_back"]) == (3, 3)
-    assert svc.repairer.unattributed == set()
+    # counted: 10.1.1.7's rule set aside, table 7's route (unprotected), the rule unattributed
+    # after an overrun that is back (and so no longer unattributed).
+    assert (doc.missing, doc.held_back) == (3, 3)
+    assert svc.repairer.holds.unattributed == set()
     p = svc.repairer.plan()  # the daemon's planner agrees
-    assert (len(p), len(p.skipped)) == (3, 3)
+    assert (len(p), len(p.held_back)) == (3, 3)
     assert "netd_hook_missing_entries 3\n" in (tmp_path / "metrics.prom").read_text()
+
+
+def test_an_outage_that_starts_as_the_status_is_published_reads_back(publishing: Any, tmp_path: Path) -> None:
+    """The loop passes publish() its clock as read when the iteration began; the outage clock
+    starts when publish finds entries missing, reading the clock afresh. Before the fix the
+    status said a negative outage_seconds, which every reader refuses ("unreadable status
+    file"): `status` exited 4 and `wait` could not tell, until the next publish. An outage
+    started and ended within one iteration made the total negative for good."""
+    svc = publishing
+
+    async def publish() -> None:
+        svc.publisher.publish(anyio.current_time() - 0.5)  # an iteration that began half a second ago
+
+    anyio.run(publish)
+    pr = status.probe(tmp_path)
+    assert pr.error == "" and pr.status is not None and pr.status.missing == 3
+    assert pr.status.outage_seconds == 0.0 and pr.status.missing_since is not None
+
+    async def outage_within_one_iteration() -> None:
+        now = anyio.current_time() - 0.5
+        svc.publisher.missing_since = None
+        svc.publisher.outage_starts()  # a loss seen, then repaired, within the iteration
+        svc.tracker.present_rules.update(svc.tracker.rules)
+        svc.tracker.present_routes.update(svc.tracker.routes)
+        svc.publisher.publish(now)
+
+    anyio.run(outage_within_one_iteration)
+    pr = status.probe(tmp_path)
+    assert pr.error == "" and pr.status is not None and pr.status.missing == 0
+    assert svc.publisher.outage_total >= 0.0 and pr.status.outage_seconds >= 0.0
 
 
 @pytest.mark.parametrize("change", ["nothing", "all gone", "every other", "devices gone", "all set aside"])
@@ -351,6 +382,6 @@ def test_the_published_counts_are_the_planners(publishing: Any, change: str) -> 
     elif change == "devices gone":
         t.links.clear()
     elif change == "all set aside":
-        svc.repairer.set_aside.update(entries)
+        svc.repairer.holds.set_aside.update(entries)
     p = svc.repairer.plan()
-    assert svc.repairer.missing() == (len(p), len(p.skipped))
+    assert svc.repairer.missing() == (len(p), len(p.held_back))

@@ -130,11 +130,11 @@ def _settled(svc: Service) -> None:
     svc.state = decide.State(owner=OWNER, listed=True, links={ETH1: "configured"})
 
 
-def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_guessed(
+def test_after_an_overrun_with_networkd_idle_what_went_missing_is_unattributed_not_guessed(
         tmp_path: Path, kept: list[Any]) -> None:
     """Issue 10, finding 7: notifications were lost (ENOBUFS); an operator deleted the 1024 rule
     in that gap, networkd did nothing. The re-dump shows it missing, but who deleted it cannot be
-    told: it is held back (and shown), not replayed."""
+    told: it is unattributed (and shown), not replayed."""
     svc, writer, tracker = _service(tmp_path, kept)
     _settled(svc)
     node_rule = NODE_RULES[1]  # pref 1024 fwmark 0x80/0x80 lookup main
@@ -142,9 +142,9 @@ def test_after_an_overrun_with_networkd_idle_what_went_missing_is_held_back_not_
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None], 0.0)  # None: the monitor overran
     assert writer.sent == []
-    assert node_rule in svc.repairer.unattributed and node_rule in tracker.rules  # held, not forgotten
+    assert node_rule in svc.repairer.holds.unattributed and node_rule in tracker.rules  # unattributed, not forgotten
     assert svc.counters.monitor_overruns == 1
-    assert svc.publisher.status_doc(0.0, 0, 0)["unattributed"] == [node_rule.describe()]
+    assert svc.publisher.status_doc(0.0, 0, 0).unattributed == (node_rule.describe(),)
 
 
 def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tmp_path: Path, kept: list[Any]) -> None:
@@ -153,42 +153,42 @@ def test_after_an_overrun_during_networkds_pass_what_went_missing_is_replayed(tm
     tracker.load(_dump([*tracker.rules, node_rule]))
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None, decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    assert writer.sent == [1] and not svc.repairer.unattributed
+    assert writer.sent == [1] and not svc.repairer.holds.unattributed
 
 
-def _held_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Any]:
+def _unattributed_after_an_idle_overrun(tmp_path: Path, kept: list[Any]) -> tuple[Service, RecordingWriter, Any]:
     svc, writer, tracker = _service(tmp_path, kept)
     _settled(svc)
     node_rule = NODE_RULES[1]
     tracker.load(_dump([*tracker.rules, node_rule]))
     _kernel_without(svc, {node_rule})
     anyio.run(svc._handle, [None], 0.0)
-    assert node_rule in svc.repairer.unattributed and writer.sent == []
+    assert node_rule in svc.repairer.holds.unattributed and writer.sent == []
     return svc, writer, node_rule
 
 
-def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_what_was_held(
+def test_networkds_busy_signal_read_just_after_the_overruns_re_read_releases_the_unattributed(
         tmp_path: Path, kept: list[Any]) -> None:
     """Found by the fault drill: a reconfigure began as the daemon started; the overrun's re-read
     came before networkd's `configuring` signal was read, so 566 entries networkd had deleted
-    were held back for good. The signal within NEAR of the overrun is the evidence."""
-    svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
+    were unattributed for good. The signal within NEAR of the overrun is the evidence."""
+    svc, writer, node_rule = _unattributed_after_an_idle_overrun(tmp_path, kept)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
-    assert not svc.repairer.unattributed and writer.sent == []  # released, and waits for networkd to settle
+    assert not svc.repairer.holds.unattributed and writer.sent == []  # released, and waits for networkd to settle
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
     # the first batch puts it back (this fake kernel never shows it, so the verification that
     # follows sends it again: on a node the batch's echo marks it present)
     assert writer.sent[:1] == [1] and node_rule in svc.tracker.rules
 
 
-def test_networkd_busy_long_after_the_overrun_is_no_evidence_and_the_hold_stays(
+def test_networkd_busy_long_after_the_overrun_is_no_evidence_and_they_stay_unattributed(
         tmp_path: Path, kept: list[Any]) -> None:
-    svc, writer, node_rule = _held_after_an_idle_overrun(tmp_path, kept)
-    assert svc.repairer.holds.held_overrun_at is not None
-    svc.repairer.holds.held_overrun_at -= 10  # the overrun was 10 s ago
+    svc, writer, node_rule = _unattributed_after_an_idle_overrun(tmp_path, kept)
+    assert svc.repairer.holds.unattributed_overrun_at is not None
+    svc.repairer.holds.unattributed_overrun_at -= 10  # the overrun was 10 s ago
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configuring")], 0.0)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
-    assert node_rule in svc.repairer.unattributed and svc.repairer.holds.held_overrun_at is None
+    assert node_rule in svc.repairer.holds.unattributed and svc.repairer.holds.unattributed_overrun_at is None
     assert writer.sent == []
 
 
@@ -214,15 +214,16 @@ def test_what_the_kernel_refused_is_tried_again_after_a_second_without_waiting_f
     _kernel_without(svc, gone)
     anyio.run(svc._handle, [Change(False, r, NETWORKD_PORT) for r in gone], 0.0)
     # batch 1 (both, one refused), its rollback (the one added), batch 2 (the other)
-    assert writer.sent == [2, 1, 1] and len(svc.repairer.set_aside) == 1
+    assert writer.sent == [2, 1, 1] and len(svc.repairer.holds.set_aside) == 1
     # the echo of what batch 2 added, as the monitor would read it next
-    anyio.run(svc._handle, [Change(True, r, 777) for r in gone - svc.repairer.set_aside], 0.0)
+    anyio.run(svc._handle, [Change(True, r, 777) for r in gone - svc.repairer.holds.set_aside], 0.0)
     at = svc.repairer.holds.set_aside_retry_at
     assert at is not None and svc.repairer.holds.set_aside_delay == 2.0
     anyio.run(svc._retry_set_aside, at - 0.1)
     assert writer.sent == [2, 1, 1]  # not yet
     anyio.run(svc._retry_set_aside, at)
-    assert writer.sent == [2, 1, 1, 1] and not svc.repairer.set_aside and svc.repairer.holds.set_aside_retry_at is None
+    holds = svc.repairer.holds
+    assert writer.sent == [2, 1, 1, 1] and not holds.set_aside and holds.set_aside_retry_at is None
     assert svc.repairer.holds.set_aside_delay == 1.0  # nothing set aside any more: the next failure waits 1 s again
 
 

@@ -39,7 +39,7 @@ class Replay:
     # guarded by netlink alone.
     absent_grace_ms: int = 5000
     # A managed link busy (pending, initialized, configuring) this long, e.g. no carrier or a
-    # DHCP server that never answers, no longer holds back repairs; when it settles at last the
+    # DHCP server that never answers, no longer delays repairs; when it settles at last the
     # kernel is checked again.
     stuck_ms: int = 5000
     ack_timeout_ms: int = 2000

@@ -12,23 +12,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import math
 import os
 import stat
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..core.model import show
+from ..core.status_doc import FORMAT, Status, StatusError, from_json, to_json
+from ..core.status_doc import VERSION as VERSION  # the document's own module: core/status_doc.py
 from .files import file_kind, read_regular
 from .store import atomic_write
 
 DEFAULT_RUNTIME_DIR = Path("/run/netd-hook")
 STATUS_FILE = "status.json"
 LOCK_FILE = "daemon.lock"
-FORMAT = "netd-hook/status"
-VERSION = 1
 # The daemon's document is a few KiB (links, at most 50 set-aside entries, the forgetters by
 # port); a 10,000-entry list in it would be about 2 MiB. Larger than this is not a status.
 STATUS_MAX_BYTES = 8 << 20
@@ -123,15 +119,15 @@ def running(runtime_dir: Path) -> bool:
 @dataclass(frozen=True, slots=True)
 class Probe:
     running: bool
-    status: dict[str, Any] | None  # the last published status (may be stale when not running)
+    status: Status | None  # the last published status (may be stale when not running)
     error: str = ""  # why the status file could not be read
 
 
 def probe(runtime_dir: Path) -> Probe:
-    """What `status`, `wait` and `doctor` know: whether the daemon runs and, when its status file
-    can be read and checks out (check_document), the document; otherwise `error` says why, as
-    "unreadable status file PATH: why". Never blocks (a FIFO is not opened); raises only what
-    running() raises."""
+    """What `status`, `wait`, `diff` and `doctor` know: whether the daemon runs and, when its
+    status file can be read and checks out (status_doc.from_json), the Status; otherwise `error`
+    says why, as "unreadable status file PATH: why". Never blocks (a FIFO is not opened); raises
+    only what running() raises."""
     alive = running(runtime_dir)
     path = runtime_dir / STATUS_FILE
     try:
@@ -150,157 +146,12 @@ def probe(runtime_dir: Path) -> Probe:
         return Probe(alive, None, f"unreadable status file {path}: too large to decode")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         return Probe(alive, None, "status file of an unknown format")
-    why = check_document(doc)
-    if why:
-        return Probe(alive, None, f"unreadable status file {path}: {why}")
-    return Probe(alive, doc)
+    try:
+        return Probe(alive, from_json(doc))
+    except StatusError as exc:
+        return Probe(alive, None, f"unreadable status file {path}: {exc}")
 
 
-def publish(runtime_dir: Path, doc: dict[str, Any]) -> None:
-    body = {"format": FORMAT, "version": VERSION, **doc}
-    atomic_write(runtime_dir / STATUS_FILE, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n")
-
-
-# The status document's shape -----------------------------------------------------------------
-#
-# What the CLI reads of it (render.status_text, metrics.render, cli's status and wait, doctor),
-# checked once at the edge so that none of them meets a value it cannot format: a string where a
-# count is, an object where a list is, NaN or 1e300 as a time. Absent keys are fine (the readers
-# have defaults), and so are keys not listed here (a newer daemon's): a key the CLI starts to
-# read belongs here too. A check returns "" or "where: value why".
-
-Check = Callable[[Any, str], str]
-COUNT_MAX = (1 << 63) - 1
-TIME_MAX = 1e11  # seconds since 1970: the year 5138; time.localtime() takes it
-SECONDS_MAX = 1e15
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any, where: str) -> str:
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= COUNT_MAX
-    return "" if ok else f"{where}: {show(value)} is not a count"
-
-
-def _time(value: Any, where: str) -> str:
-    return "" if _is_number(value) and 0 <= value <= TIME_MAX else f"{where}: {show(value)} is not a time"
-
-
-def _seconds(value: Any, where: str) -> str:
-    return "" if _is_number(value) and 0 <= value <= SECONDS_MAX else f"{where}: {show(value)} is not a duration"
-
-
-def _flag(value: Any, where: str) -> str:
-    return "" if isinstance(value, bool) else f"{where}: {show(value)} is not true or false"
-
-
-def _text(value: Any, where: str) -> str:
-    return "" if isinstance(value, str) else f"{where}: {show(value)} is not a string"
-
-
-def _opt(check: Check) -> Check:
-    return lambda value, where: "" if value is None else check(value, where)
-
-
-def _list(check: Check) -> Check:
-    def list_of(value: Any, where: str) -> str:
-        if not isinstance(value, list):
-            return f"{where}: {show(value)} is not a list"
-        return next((why for i, v in enumerate(value) if (why := check(v, f"{where}[{i}]"))), "")
-    return list_of
-
-
-def _name(key: str) -> str:
-    return key if key.isprintable() and len(key) <= 60 else show(key)
-
-
-def _map(check: Check) -> Check:
-    def map_of(value: Any, where: str) -> str:
-        if not isinstance(value, dict):
-            return f"{where}: {show(value)} is not an object"
-        return next((why for k, v in value.items() if (why := check(v, f"{where}.{_name(k)}"))), "")
-    return map_of
-
-
-def _obj(fields: Mapping[str, Check]) -> Check:
-    def obj(value: Any, where: str) -> str:
-        if not isinstance(value, dict):
-            return f"{where}: {show(value)} is not an object"
-        return next((why for k, check in fields.items()
-                     if k in value and (why := check(value[k], f"{where}.{k}" if where else k))), "")
-    return obj
-
-
-def _version(value: Any, where: str) -> str:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value == VERSION
-    return "" if ok else f"{where}: {show(value)} is not {VERSION}"
-
-
-_COUNTERS = ("repairs", "rules_restored", "routes_restored", "skipped_dead", "set_aside", "rollbacks",
-             "forgotten_deliberate", "orphans_removed", "monitor_overruns", "rejected_signals", "bad_bus_values",
-             "bus_reconnects")
-DOCUMENT: Check = _obj({
-    "format": _text,
-    "version": _version,
-    "pid": _opt(_count),
-    "started_at": _time,
-    "updated_at": _time,
-    "networkd": _obj({"owner": _opt(_text), "pid": _opt(_count), "generation": _count, "settled": _flag,
-                      "links": _map(_text)}),
-    "complete": _flag,
-    "protected": _obj({"rules": _count, "routes": _count}),
-    "missing": _count,
-    "held_back": _count,
-    "set_aside": _list(_text),
-    "forgotten": _opt(_obj({
-        "total": _count, "generation": _count, "while_busy": _count, "doubt": _opt(_text),
-        "by_port": _list(_obj({"port": _count, "process": _opt(_text), "count": _count, "last_at": _opt(_time)})),
-        "last": _opt(_obj({"at": _time, "port": _count, "process": _opt(_text), "count": _count,
-                           "example": _opt(_text), "while_busy": _flag})),
-    })),
-    "missing_since": _opt(_time),
-    "outage_seconds": _seconds,
-    "last_repair": _opt(_obj({"at": _time, "trigger": _text, "rules_restored": _count, "routes_restored": _count,
-                              "skipped_dead": _count, "duration_ms": _seconds})),
-    "counters": _obj({**{k: _count for k in _COUNTERS}, "losses": _map(_count), "repairs_by_trigger": _map(_count)}),
-    "networkd_sockets": _list(_count),
-    "config": _text,
-    "state_dir": _text,
-})
-
-
-def check_document(doc: Any) -> str:
-    """"" when `doc` is a status document every reader can show, else the first field that is
-    wrong, with its value: "networkd.links: ['eth0'] is not an object"."""
-    return DOCUMENT(doc, "")
-
-
-# Reading a document defensively (the renderers also take documents that were never checked) ---
-
-
-def section(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """doc[key] when it is an object, else an empty one."""
-    value = doc.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
-def number(value: Any, default: float = 0.0) -> float:
-    """A finite number of reasonable size as float, else `default`."""
-    return float(value) if _is_number(value) and abs(value) <= SECONDS_MAX else default
-
-
-def count(value: Any) -> int:
-    """A count as int (0 when it is not one)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= COUNT_MAX else 0
-
-
-def timestamp(value: Any) -> float | None:
-    """A wall-clock time time.localtime() can take, else None."""
-    return float(value) if _is_number(value) and 0 <= value <= TIME_MAX else None
-
-
-def items(value: Any) -> list[Any]:
-    """value when it is a list, else an empty one."""
-    return value if isinstance(value, list) else []
+def publish(runtime_dir: Path, status: Status) -> None:
+    body = json.dumps(to_json(status), indent=1, sort_keys=True).encode() + b"\n"
+    atomic_write(runtime_dir / STATUS_FILE, body)

@@ -3,7 +3,7 @@
 A snapshot file that cannot be read or decoded is moved aside as `*.corrupt-<time>` and the
 daemon rebuilds from the kernel: losing the file must never stop the service. Nor must failing
 to write it (a full or read-only state directory): the daemon protects from memory and retries
-with the backoff below, which is pure (`failed`, `degraded_doc`) so that it is tested as such.
+with the backoff below, which is pure (`failed`, `degraded`) so that it is tested as such.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from ..core.model import BOOT_ID, FormatError, Saved, Snapshot, snapshot_to_json
+from ..core.status_doc import Degraded, FailingWrite
 from .files import load_saved_file, read_regular
 
 log = logging.getLogger(__name__)
@@ -217,13 +218,24 @@ def remove_stale_temps(directory: Path, name: str) -> list[Path]:
 # Failed writes: backoff and what the status document says -----------------------------------
 
 
+class Write(str, Enum):
+    """The files the daemon writes: each has its own spell of failures, and its own backoff."""
+
+    SNAPSHOT = "snapshot"  # in the state directory
+    STATUS = "status"  # status.json, in the runtime directory
+    METRICS = "metrics"  # the metrics textfile (the runtime directory, or [metrics] textfile)
+
+    def __str__(self) -> str:
+        return self.value  # what logs and status.json say, on 3.10 and 3.11 alike
+
+
 @dataclass(frozen=True, slots=True)
 class Failing:
-    """A spell of failed writes of one file (`what`: "snapshot", "status", "metrics").
+    """A spell of failed writes of one file.
 
     `since` is wall-clock time (for people), `retry_at` the loop's clock (for the timer)."""
 
-    what: str
+    what: Write
     path: str
     since: float
     error: str  # the last failure's strerror: "No space left on device"
@@ -233,7 +245,7 @@ class Failing:
     retry_at: float
 
 
-def failed(prev: Failing | None, what: str, path: Path | str, exc: OSError, now: float, wall: float) -> Failing:
+def failed(prev: Failing | None, what: Write, path: Path | str, exc: OSError, now: float, wall: float) -> Failing:
     """The spell after one more failure: the first waits RETRY_FIRST, each next one twice as
     long as the one before, at most RETRY_MAX."""
     code = exc.errno or 0
@@ -245,34 +257,28 @@ def failed(prev: Failing | None, what: str, path: Path | str, exc: OSError, now:
     return Failing(what, str(path), prev.since, error, name, prev.failures + 1, delay, now + delay)
 
 
-_VERB = {"snapshot": "cannot save the snapshot to", "status": "cannot publish the status to",
-         "metrics": "cannot write the metrics to"}
+_VERB = {Write.SNAPSHOT: "cannot save the snapshot to", Write.STATUS: "cannot publish the status to",
+         Write.METRICS: "cannot write the metrics to"}
 
 
 def describe(f: Failing) -> str:
     """One line: what cannot be written where, and why."""
     why = f"{f.error} ({f.errno})" if f.errno else f.error
-    return f"{_VERB.get(f.what, f'cannot write the {f.what} to')} {f.path}: {why}"
+    return f"{_VERB[f.what]} {f.path}: {why}"
 
 
-def degraded_doc(failing: Mapping[str, Failing], now: float, wall: float) -> dict[str, Any] | None:
+def degraded(failing: Mapping[Write, Failing], now: float, wall: float) -> Degraded | None:
     """The status document's `degraded`: None while every write works."""
     if not failing:
         return None
     spells = sorted(failing.values(), key=lambda f: (f.since, f.what))
-    return {
-        "since": spells[0].since,
-        "reason": "; ".join(describe(f) for f in spells),
-        "writes": [{
-            "what": f.what,
-            "path": f.path,
-            "since": f.since,
-            "error": f.error,
-            "errno": f.errno,
-            "failures": f.failures,
-            "next_attempt_at": round(wall + max(0.0, f.retry_at - now), 3),
-        } for f in spells],
-    }
+    return Degraded(
+        since=spells[0].since,
+        reason="; ".join(describe(f) for f in spells),
+        writes=tuple(FailingWrite(what=f.what.value, path=f.path, since=f.since, error=f.error, errno=f.errno,
+                                  failures=f.failures, next_attempt_at=round(wall + max(0.0, f.retry_at - now), 3))
+                     for f in spells),
+    )
 
 
 # Loading ----------------------------------------------------------------------------------

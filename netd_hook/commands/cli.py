@@ -10,13 +10,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from .. import __version__
 from ..adapters import config as configmod
 from ..adapters import netlink, status
+from ..core import status_doc
 from . import ops, render
 
 EXIT_OK = 0
@@ -193,13 +193,12 @@ def _status(args: argparse.Namespace, runtime_dir: Path) -> int:
                   "hint: systemctl status netd-hook; journalctl -u netd-hook -n 50")
         return EXIT_UNKNOWN if pr.running else EXIT_NOT_RUNNING
     if args.json:
-        _json({"running": pr.running, "status": pr.status})
+        _json({"running": pr.running, "status": status_doc.to_json(pr.status)})
     else:
         print(render.status_text(pr.status, pr.running, time.time()))
     if not pr.running:
         return EXIT_NOT_RUNNING
-    doubt = (pr.status.get("forgotten") or {}).get("doubt")
-    return EXIT_PROBLEM if pr.status.get("missing") or doubt else EXIT_OK
+    return EXIT_OK if pr.status.whole else EXIT_PROBLEM
 
 
 def _snapshot(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
@@ -219,7 +218,7 @@ def _snapshot(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path
 
 def _diff(args: argparse.Namespace, cfg: configmod.Config, runtime_dir: Path) -> int:
     chk = ops.check_now(ops.read_snapshot(cfg.state_dir, runtime_dir), cfg.scope)
-    chk = ops.with_daemon_view(chk, runtime_dir)  # what the daemon holds back after a monitor overrun
+    chk = ops.with_daemon_view(chk, runtime_dir)  # what the daemon calls unattributed (after an overrun)
     if args.json:
         _json(render.diff_json(chk))
     else:
@@ -295,19 +294,16 @@ def _wait_inner(args: argparse.Namespace) -> int:
             print("netd-hook wait: netd-hook is not running; not waiting", file=sys.stderr)
             return EXIT_OK
         why, unchecked = _not_done(pr.status, want, state_dir, runtime_dir, cfg)
-        if not why:
-            doc = pr.status or {}
-            last = doc.get("last_repair") or {}
-            nd = doc.get("networkd", {})
-            forgotten = doc.get("forgotten") or {}
+        if not why and pr.status is not None:
+            nd, last, forgotten = pr.status.networkd, pr.status.last_repair, pr.status.forgotten
             checked = ("the kernel has every entry netd-hook still protects" if not unchecked else
                        f"the daemon reports nothing missing; the kernel itself was NOT checked ({unchecked})")
-            print(f"netd-hook wait: networkd generation {nd.get('generation')} (pid {nd.get('pid')}) is settled "
+            print(f"netd-hook wait: networkd generation {nd.generation} (pid {nd.pid}) is settled "
                   f"and {checked}, after {time.monotonic() - started:.2f}s "
-                  f"(last repair: {last.get('trigger', 'none')}; forgotten as deleted on purpose in this "
-                  f"generation: {forgotten.get('generation', '?')})", file=sys.stderr)
-            if forgotten.get("doubt"):
-                print(f"netd-hook wait: NOT VOUCHED WHOLE: {forgotten['doubt']}; see `netd-hook status`",
+                  f"(last repair: {last.trigger if last else 'none'}; forgotten as deleted on purpose in this "
+                  f"generation: {forgotten.generation})", file=sys.stderr)
+            if not pr.status.whole:
+                print(f"netd-hook wait: NOT VOUCHED WHOLE: {forgotten.doubt}; see `netd-hook status`",
                       file=sys.stderr)
             return EXIT_OK
         if time.monotonic() >= deadline:
@@ -317,7 +313,7 @@ def _wait_inner(args: argparse.Namespace) -> int:
         time.sleep(0.05)
 
 
-def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path, runtime_dir: Path,
+def _not_done(doc: status_doc.Status | None, want: int | None, state_dir: Path, runtime_dir: Path,
               cfg: configmod.Config) -> tuple[str, str]:
     """(why waiting goes on, "" when done; what could not be checked, "" when everything was).
     The daemon must have seen this networkd (its PID) settle with nothing pending, and then the
@@ -326,11 +322,11 @@ def _not_done(doc: dict[str, Any] | None, want: int | None, state_dir: Path, run
     and the message must say so rather than claim it."""
     if doc is None:
         return "the daemon has not published its status", ""
-    nd = doc.get("networkd") or {}
-    if want is not None and nd.get("pid") != want:
-        return f"the daemon has not seen networkd pid {want} yet (it knows pid {nd.get('pid')})", ""
-    if not doc.get("complete"):
-        return f"networkd settled: {nd.get('settled')}, missing: {doc.get('missing')}", ""
+    nd = doc.networkd
+    if want is not None and nd.pid != want:
+        return f"the daemon has not seen networkd pid {want} yet (it knows pid {nd.pid})", ""
+    if not doc.complete:
+        return f"networkd settled: {nd.settled}, missing: {doc.missing}", ""
     try:
         snap = ops.read_snapshot(state_dir, runtime_dir)
     except ops.OpsError as exc:

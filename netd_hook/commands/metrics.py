@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
-from ..adapters.status import count, number, section
 from ..adapters.store import atomic_write
+from ..core.status_doc import Status
 
 DEFAULT_FILE = "metrics.prom"
 
-# name, type, help, key in the status document's "counters"
+# name, help; the counter is the status document's counters.<name without _total>
 _COUNTERS = (
     ("rules_restored_total", "rules put back"),
     ("routes_restored_total", "routes put back"),
@@ -27,6 +26,9 @@ _COUNTERS = (
     ("forgotten_deliberate_total", "deletions by others (the CNI): forgotten, never replayed"),
     ("orphans_removed_total", "restored rules removed again because their pod went away"),
     ("monitor_overruns_total", "netlink monitor overruns (followed by a re-read of the kernel)"),
+    ("chases_total", "batches sent while networkd was still busy (the chase)"),
+    ("chase_rewiped_total", "entries a chase put back that networkd deleted again in the same busy spell"),
+    ("chase_capped_total", "entries chased [replay] chase_max times in a busy spell, left for the re-read"),
 )
 
 
@@ -34,67 +36,55 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _fmt(value: Any) -> str:
-    """A sample's value; what is not a finite number (a document that lies) is exposed as 0."""
-    if isinstance(value, float):
-        return repr(number(value))
-    return str(count(value)) if isinstance(value, int) else "0"
-
-
-def _family(name: str, kind: str, help_: str, samples: Mapping[str, Any]) -> Iterator[str]:
+def _family(name: str, kind: str, help_: str, samples: Mapping[str, float]) -> Iterator[str]:
     yield f"# HELP netd_hook_{name} {help_}"
     yield f"# TYPE netd_hook_{name} {kind}"
     for labels, value in samples.items():
-        yield f"netd_hook_{name}{labels} {_fmt(value)}"
+        yield f"netd_hook_{name}{labels} {value!r}"
 
 
-def render(doc: Mapping[str, Any]) -> str:
-    """The exposition of a status document; any document (a value of the wrong type is 0)."""
-    c = section(doc, "counters")
-    nd = section(doc, "networkd")
-    last = section(doc, "last_repair")
+def render(s: Status) -> str:
+    """The exposition of a status document."""
+    c, nd, last, forgotten = s.counters, s.networkd, s.last_repair, s.forgotten
     lines: list[str] = []
-    by_trigger = sorted(((str(k), v) for k, v in section(c, "repairs_by_trigger").items()), key=lambda kv: kv[0])
     lines += _family("repairs_total", "counter", "repairs, by what triggered them",
-                     {f'{{trigger="{_escape(k)}"}}': v for k, v in by_trigger} or {"": 0})
+                     {f'{{trigger="{_escape(k)}"}}': v for k, v in sorted(c.repairs_by_trigger.items())} or {"": 0})
     for name, help_ in _COUNTERS:
-        lines += _family(name, "counter", help_, {"": c.get(name.removesuffix("_total"), 0)})
-    protected = section(doc, "protected")
+        lines += _family(name, "counter", help_, {"": getattr(c, name.removesuffix("_total"))})
     lines += _family("protected_entries", "gauge", "rules and routes in the snapshot",
-                     {'{kind="rule"}': protected.get("rules", 0), '{kind="route"}': protected.get("routes", 0)})
+                     {'{kind="rule"}': s.protected.rules, '{kind="route"}': s.protected.routes})
     lines += _family("missing_entries", "gauge", "protected entries missing from the kernel now",
-                     {"": doc.get("missing", 0)})
+                     {"": s.missing})
     lines += _family("held_back_entries", "gauge", "missing entries the liveness gate holds back",
-                     {"": doc.get("held_back", 0)})
-    forgotten = section(doc, "forgotten")
+                     {"": s.held_back})
     lines += _family("forgotten_while_networkd_busy_entries", "gauge",
                      "entries forgotten as deliberate while networkd was busy, this networkd generation "
-                     "(many: the node may not be whole)", {"": forgotten.get("while_busy", 0)})
+                     "(many: the node may not be whole)", {"": forgotten.while_busy})
     lines += _family("forgotten_doubt", "gauge",
                      "1 when so many entries were forgotten while networkd was busy that netd-hook cannot vouch "
-                     "for the node", {"": int(bool(forgotten.get("doubt")))})
+                     "for the node", {"": int(bool(forgotten.doubt))})
     lines += _family("degraded", "gauge", "1 while a state or runtime file cannot be written (protecting from memory)",
-                     {"": int(bool(doc.get("degraded")))})
+                     {"": int(s.degraded is not None)})
     lines += _family("unattributed_entries", "gauge",
-                     "entries missing after a monitor overrun, held back (who deleted them is unknown)",
-                     {"": len(doc.get("unattributed") or []) if isinstance(doc.get("unattributed"), list) else 0})
-    lines += _family("stuck_links", "gauge", "managed links busy for longer than stuck_ms (holding back no repair)",
-                     {"": len(nd.get("stuck") or {}) if isinstance(nd.get("stuck"), dict) else 0})
+                     "entries missing after a monitor overrun while networkd was idle: unattributed, not replayed "
+                     "(who deleted them is unknown)", {"": len(s.unattributed)})
+    lines += _family("stuck_links", "gauge", "managed links busy for longer than stuck_ms (delaying no repair)",
+                     {"": len(nd.stuck)})
     lines += _family("outage_seconds_total", "counter",
                      "seconds during which protected entries were missing (the node's actual outage)",
-                     {"": number(doc.get("outage_seconds"))})
+                     {"": s.outage_seconds})
     lines += _family("last_repair_duration_seconds", "gauge", "duration of the last repair",
-                     {"": number(last.get("duration_ms")) / 1000})
+                     {"": last.duration_ms / 1000 if last else 0.0})
     lines += _family("last_repair_timestamp_seconds", "gauge", "when the last repair finished (0: none yet)",
-                     {"": number(last.get("at"))})
+                     {"": last.at if last else 0.0})
     lines += _family("networkd_settled", "gauge", "1 when networkd owns its name and every link is settled",
-                     {"": int(bool(nd.get("settled")))})
+                     {"": int(nd.settled)})
     lines += _family("networkd_generation", "gauge", "networkd bus owners seen (restarts + 1)",
-                     {"": nd.get("generation", 0)})
+                     {"": nd.generation})
     lines += _family("start_time_seconds", "gauge", "when the daemon started",
-                     {"": number(doc.get("started_at"))})
+                     {"": s.started_at})
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, doc: Mapping[str, Any]) -> None:
-    atomic_write(path, render(doc).encode())
+def write(path: Path, s: Status) -> None:
+    atomic_write(path, render(s).encode())

@@ -97,9 +97,9 @@ class Check:
     protected_rules: int
     protected_routes: int
     managed: frozenset[str]
-    # What the running daemon holds back after a netlink monitor overrun (its status.json
-    # `unattributed`, as describe() gives them): still in the plan (`netd-hook replay` puts them
-    # back), but the daemon will not. Empty unless with_daemon_view() filled it in.
+    # What the running daemon calls unattributed (missing after a netlink monitor overrun; its
+    # status.json `unattributed`, as describe() gives them): still in the plan (`netd-hook replay`
+    # puts them back), but the daemon will not. Empty unless with_daemon_view() filled it in.
     unattributed: frozenset[str] = frozenset()
 
 
@@ -115,20 +115,20 @@ def check_now(snapshot: Snapshot, scope: Scope, link_states: Mapping[str, str] |
 
 
 def daemon_unattributed(runtime_dir: Path) -> frozenset[str]:
-    """The entries the running daemon holds back after a netlink monitor overrun (status.json
-    `unattributed`, at most 50). Empty when it is not running (it holds nothing back then: it
-    replays the snapshot when it starts) or its status cannot be read."""
+    """The entries the running daemon calls unattributed (status.json `unattributed`, at most
+    50). Empty when it is not running (none are unattributed then: it replays the snapshot when
+    it starts) or its status cannot be read."""
     try:
         pr = status.probe(runtime_dir)
     except OSError:  # PermissionError on the lock: diff still works, without the daemon's view
         return frozenset()
     if not pr.running or pr.status is None:
         return frozenset()
-    return frozenset(e for e in status.items(pr.status.get("unattributed")) if isinstance(e, str))
+    return frozenset(pr.status.unattributed)
 
 
 def with_daemon_view(chk: Check, runtime_dir: Path) -> Check:
-    """`chk` marking what the daemon in `runtime_dir` holds back after a monitor overrun."""
+    """`chk` marking what the daemon in `runtime_dir` calls unattributed."""
     return replace(chk, unattributed=daemon_unattributed(runtime_dir))
 
 
@@ -145,9 +145,8 @@ def _check(t: Tracker, managed: frozenset[str]) -> Check:
 
 
 def managed_links(dump: netlink.Dump, states_by_index: Mapping[str, str]) -> frozenset[str]:
-    """Links networkd manages (links.managed), by name; indexes resolved by the dump."""
-    names = {str(link.index): link.name for link in dump.links}
-    return frozenset(names[i] for i in links.managed(states_by_index) if i in names)
+    """Links networkd manages, by name; indexes resolved by the dump."""
+    return links.managed_names(states_by_index, {str(link.index): link.name for link in dump.links})
 
 
 def dump_kernel() -> netlink.Dump:
@@ -200,7 +199,7 @@ async def replay(state_dir: Path, runtime_dir: Path, scope: Scope, states: Mappi
         chk = _check(t, managed_links(first, states))
         res = ReplayResult(chk)
         n = len(chk.plan)
-        progress(f"{n} entries to restore, {len(chk.plan.skipped)} held back by the liveness gate")
+        progress(f"{n} entries to restore, {len(chk.plan.held_back)} held back by the liveness gate")
         if dry_run or not n:
             return res
         progress(f"sending {n} entries in one netlink batch…")

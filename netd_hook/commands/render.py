@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from ..adapters.status import count, items, number, section, timestamp
-from ..core.links import is_managed
+from ..core.links import managed
 from ..core.model import RT_TABLE_MAIN, Route, Rule
+from ..core.status_doc import Status
 from .ops import Check, Groups, ReplayResult
 
 
@@ -24,44 +23,37 @@ def age(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
-def _ago(then: Any, now: float) -> str:
-    t = timestamp(then)
-    return f"{age(now - t)} ago" if t else "never"
+def _ago(then: float | None, now: float) -> str:
+    return f"{age(now - then)} ago" if then else "never"
 
 
-def when(t: Any) -> str:
+def when(t: float) -> str:
     """A wall-clock time as people read it, in local time: 2026-12-01 09:11:24 UTC."""
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp(t) or 0))
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
 
 
-# What the daemon holds back after a netlink monitor overrun (status.json `unattributed`), as
-# `status` and `diff` say it: why it does not put them back, and the command that does.
-OVERRUN_HELD = "held back after a netlink monitor overrun"
-OVERRUN_WHY = "who deleted them is unknown"
+# What the daemon does not replay after a netlink monitor overrun (status.json `unattributed`),
+# as `status` and `diff` say it: why it does not put them back, and the command that does.
+UNATTRIBUTED_WHAT = "deleted unseen in a netlink monitor overrun while networkd was idle"
+UNATTRIBUTED_WHY = "who deleted them is unknown"
 REPLAY_BY_HAND = "netd-hook replay"
 
 
 def unattributed_heading(n: int | None = None) -> str:
-    """The line above the list of entries held back after a monitor overrun (`n`: how many)."""
+    """The line above the list of unattributed entries (`n`: how many)."""
     counted = f"{n}; " if n is not None else ""
-    return f"{OVERRUN_HELD} ({counted}{OVERRUN_WHY}; `{REPLAY_BY_HAND}` puts them back):"
+    return f"unattributed ({counted}{UNATTRIBUTED_WHAT}; {UNATTRIBUTED_WHY}; `{REPLAY_BY_HAND}` puts them back):"
 
 
-def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
-    """The status document as `netd-hook status` shows it. Any document: what has the wrong type
-    shows as its default (status.probe has already refused a document that does not check out)."""
-    nd = section(doc, "networkd")
-    c = section(doc, "counters")
-    prot = section(doc, "protected")
-    missing = count(doc.get("missing"))
-    forgotten = section(doc, "forgotten")
-    doubt = forgotten.get("doubt")
-    degraded = section(doc, "degraded")
+def status_text(s: Status, running: bool, now: float) -> str:
+    """The status document as `netd-hook status` shows it."""
+    nd, c, prot, forgotten, degraded = s.networkd, s.counters, s.protected, s.forgotten, s.degraded
+    doubt = forgotten.doubt
     if not running:
         head = "inactive (not running)"
-    elif missing:
-        head = f"active, {missing} protected entries MISSING"
-    elif doubt:
+    elif s.missing:
+        head = f"active, {s.missing} protected entries MISSING"
+    elif not s.whole:
         head = "active, but NOT VOUCHED WHOLE (entries forgotten in bulk while networkd was busy)"
     else:
         head = "active, protecting"
@@ -69,62 +61,57 @@ def status_text(doc: Mapping[str, Any], running: bool, now: float) -> str:
         head += ", DEGRADED (protecting from memory)"
     lines = [f"netd-hook: {head}"]
     if running:
-        lines.append(f"     pid: {doc.get('pid')}, since {when(doc.get('started_at', 0))} "
-                     f"({_ago(doc.get('started_at'), now)}); status updated {_ago(doc.get('updated_at'), now)}")
+        lines.append(f"     pid: {s.pid}, since {when(s.started_at)} "
+                     f"({_ago(s.started_at, now)}); status updated {_ago(s.updated_at, now)}")
     else:
-        lines.append(f"    last: status written {_ago(doc.get('updated_at'), now)} by pid {doc.get('pid')}")
-    owner = nd.get("owner")
-    nd_state = "settled" if nd.get("settled") else "busy (configuring)"
-    if owner is None:
+        lines.append(f"    last: status written {_ago(s.updated_at, now)} by pid {s.pid}")
+    nd_state = "settled" if nd.settled else "busy (configuring)"
+    if nd.owner is None:
         nd_state = "not on the bus"
-    sockets = items(doc.get("networkd_sockets"))
-    how = (f"its socket from systemd has port {', '.join(str(p) for p in sockets)}" if sockets
+    how = (f"its socket from systemd has port {', '.join(str(p) for p in s.networkd_sockets)}" if s.networkd_sockets
            else "no socket from systemd: recognised by its pid")
-    lines.append(f"networkd: {nd_state}; owner {owner or '-'} pid {nd.get('pid') or '-'}, "
-                 f"generation {nd.get('generation', 0)}; {how}")
-    links = section(nd, "links")
-    if links:
-        managed = [f"{name} {state}" for name, state in links.items() if is_managed(state)]
-        unmanaged = len(links) - len(managed)
-        lines.append("   links: " + ", ".join(managed or ["none managed"])
+    lines.append(f"networkd: {nd_state}; owner {nd.owner or '-'} pid {nd.pid or '-'}, "
+                 f"generation {nd.generation}; {how}")
+    if nd.links:
+        ours = managed(nd.links)
+        shown = [f"{name} {state}" for name, state in nd.links.items() if name in ours]
+        unmanaged = len(nd.links) - len(ours)
+        lines.append("   links: " + ", ".join(shown or ["none managed"])
                      + (f"; {unmanaged} unmanaged (pod veths, lo)" if unmanaged else ""))
-    stuck = section(nd, "stuck")
-    if stuck:
-        lines.append("   stuck: " + ", ".join(f"{name} busy for {age(number(secs))}" for name, secs in stuck.items())
-                     + " (holding back no repair; checked again when it settles)")
-    lines.append(f"protects: {prot.get('rules', 0)} rules, {prot.get('routes', 0)} routes; missing now: {missing}"
-                 + (f" (+{doc.get('held_back')} held back by the liveness gate)" if doc.get("held_back") else ""))
-    last = section(doc, "last_repair")
+    if nd.stuck:
+        lines.append("   stuck: " + ", ".join(f"{name} busy for {age(secs)}" for name, secs in nd.stuck.items())
+                     + " (delaying no repair; checked again when it settles)")
+    lines.append(f"protects: {prot.rules} rules, {prot.routes} routes; missing now: {s.missing}"
+                 + (f" (+{s.held_back} held back by the liveness gate)" if s.held_back else ""))
+    last = s.last_repair
     if last:
-        lines.append(f"  repair: {_ago(last.get('at'), now)} ({when(last.get('at', 0))}), "
-                     f"trigger {last.get('trigger')}: "
-                     f"+{last.get('rules_restored')} rules, +{last.get('routes_restored')} routes, "
-                     f"{last.get('skipped_dead')} skipped (dead), {number(last.get('duration_ms')):.1f} ms")
+        lines.append(f"  repair: {_ago(last.at, now)} ({when(last.at)}), trigger {last.trigger}: "
+                     f"+{last.rules_restored} rules, +{last.routes_restored} routes, "
+                     f"{last.skipped_dead} skipped (dead), {last.duration_ms:.1f} ms")
     else:
         lines.append("  repair: none yet")
-    lines.append(f"  totals: {c.get('repairs', 0)} repairs, {c.get('rules_restored', 0)} rules and "
-                 f"{c.get('routes_restored', 0)} routes restored, {c.get('skipped_dead', 0)} skipped by the gate, "
-                 f"{c.get('rollbacks', 0)} rollbacks, {c.get('rejected_signals', 0)} rejected bus signals; "
-                 f"outage {number(doc.get('outage_seconds')):.3f}s")
-    if forgotten.get("total"):
-        by = ", ".join(f"port {p.get('port')} ({p.get('process') or '?'}): {p.get('count')}"
-                       for p in items(forgotten.get("by_port"))[:4] if isinstance(p, Mapping))
-        lines.append(f"  forgot: {forgotten.get('total')} entries deleted by others, never replayed "
-                     f"({forgotten.get('generation', 0)} in this networkd generation, "
-                     f"{forgotten.get('while_busy', 0)} while networkd was busy); by {by}")
+    lines.append(f"  totals: {c.repairs} repairs, {c.rules_restored} rules and "
+                 f"{c.routes_restored} routes restored, {c.skipped_dead} skipped by the gate, "
+                 f"{c.rollbacks} rollbacks, {c.rejected_signals} rejected bus signals; "
+                 f"outage {s.outage_seconds:.3f}s")
+    if forgotten.total:
+        by = ", ".join(f"port {p.port} ({p.process or '?'}): {p.count}" for p in forgotten.by_port[:4])
+        lines.append(f"  forgot: {forgotten.total} entries deleted by others, never replayed "
+                     f"({forgotten.generation} in this networkd generation, "
+                     f"{forgotten.while_busy} while networkd was busy); by {by}")
     if doubt:
         lines.append(f"   DOUBT: {doubt}")
     if degraded:
-        lines.append(f"DEGRADED since {when(number(degraded.get('since')))}: {degraded.get('reason')}")
-    if items(doc.get("unattributed")):
+        lines.append(f"DEGRADED since {when(degraded.since)}: {degraded.reason}")
+    if s.unattributed:
         lines.append(unattributed_heading())
-        lines += [f"    {e}" for e in items(doc.get("unattributed"))]
-    if items(doc.get("set_aside")):
+        lines += [f"    {e}" for e in s.unattributed]
+    if s.set_aside:
         lines.append("set aside (the kernel refused them; retried after networkd's next restart or reconfigure):")
-        lines += [f"    {e}" for e in items(doc.get("set_aside"))]
+        lines += [f"    {e}" for e in s.set_aside]
     if not running:
         lines.append("hint: systemctl status netd-hook; journalctl -u netd-hook -n 50")
-    elif missing:
+    elif s.missing:
         lines.append("hint: netd-hook diff (what and why); journalctl -u netd-hook -n 50")
     elif doubt:
         lines.append("hint: journalctl -u netd-hook -g forgot; compare with the CNI's pod deletions")
@@ -165,25 +152,25 @@ def _kind(e: Rule | Route) -> str:
 
 
 def _split(chk: Check) -> tuple[list[Rule | Route], list[Rule | Route]]:
-    """The plan's entries: (what the daemon would restore, what it holds back after a monitor
-    overrun). What the daemon lists but the kernel has again, or the gate holds back, is neither."""
+    """The plan's entries: (what the daemon would restore, what it calls unattributed). What the
+    daemon lists but the kernel has again, or the gate holds back, is neither."""
     restore: list[Rule | Route] = []
-    held: list[Rule | Route] = []
+    unattributed: list[Rule | Route] = []
     for e in chk.plan.entries():
-        (held if e.describe() in chk.unattributed else restore).append(e)
-    return restore, held
+        (unattributed if e.describe() in chk.unattributed else restore).append(e)
+    return restore, unattributed
 
 
 def diff_json(chk: Check) -> dict[str, Any]:
     p = chk.plan
-    restore, held = _split(chk)
+    restore, unattributed = _split(chk)
     return {
         "protected": {"rules": chk.protected_rules, "routes": chk.protected_routes},
         "missing": [{"kind": _kind(e), "entry": e.describe()} for e in restore],
-        "unattributed": [{"kind": _kind(e), "entry": e.describe(), "reason": f"{OVERRUN_HELD}: {OVERRUN_WHY}"}
-                         for e in held],
+        "unattributed": [{"kind": _kind(e), "entry": e.describe(), "reason": f"{UNATTRIBUTED_WHAT}: {UNATTRIBUTED_WHY}"}
+                         for e in unattributed],
         "held_back": [{"kind": _kind(s.entry), "entry": s.entry.describe(), "reason": s.reason, "dead": s.dead}
-                      for s in p.skipped],
+                      for s in p.held_back],
         "managed_links": sorted(chk.managed),
     }
 
@@ -191,19 +178,19 @@ def diff_json(chk: Check) -> dict[str, Any]:
 def diff_text(chk: Check) -> str:
     p = chk.plan
     lines = [f"protected: {chk.protected_rules} rules, {chk.protected_routes} routes"]
-    if not len(p) and not p.skipped:
+    if not len(p) and not p.held_back:
         lines.append("nothing missing: the kernel has every protected entry")
         return "\n".join(lines)
-    restore, held = _split(chk)
+    restore, unattributed = _split(chk)
     if restore:
         lines.append(f"missing, would be restored ({len(restore)}):")
         lines += [f"  + {_kind(e):<5} {e.describe()}" for e in restore]
-    if held:
-        lines.append("missing, " + unattributed_heading(len(held)))
-        lines += [f"  ? {_kind(e):<5} {e.describe()}" for e in held]
-    if p.skipped:
-        lines.append(f"missing, held back by the liveness gate ({len(p.skipped)}):")
-        lines += [f"  - {_kind(s.entry):<5} {s.entry.describe()}: {s.reason}" for s in p.skipped]
+    if unattributed:
+        lines.append("missing, " + unattributed_heading(len(unattributed)))
+        lines += [f"  ? {_kind(e):<5} {e.describe()}" for e in unattributed]
+    if p.held_back:
+        lines.append(f"missing, held back by the liveness gate ({len(p.held_back)}):")
+        lines += [f"  - {_kind(s.entry):<5} {s.entry.describe()}: {s.reason}" for s in p.held_back]
     return "\n".join(lines)
 
 
@@ -228,6 +215,6 @@ def replay_text(res: ReplayResult, dry_run: bool) -> str:
             lines.append(f"  {o.rollbacks} batch(es) rolled back and retried without the failing entries")
         if o.unknown or o.gave_up:
             lines.append("  the outcome of some entries is unknown: run `netd-hook diff` to see what is missing")
-    for s in p.skipped:
+    for s in p.held_back:
         lines.append(f"  - not restoring {s.entry.describe()}: {s.reason}")
     return "\n".join(lines)

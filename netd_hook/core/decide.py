@@ -36,7 +36,7 @@ class Params:
     quiet: float = 0.0  # seconds without new losses before replaying
     absent_grace: float = 5.0  # networkd off the bus this long: replay without waiting for it
     # A link busy this long (no carrier, a DHCP server that never answers, never initialized by
-    # udev) no longer holds back repairs of what the other links' passes deleted.
+    # udev) no longer delays repairs of what the other links' passes deleted.
     stuck_after: float = math.inf
     chase: bool = False  # replay while networkd is busy (rules); False: wait for settled
 
@@ -159,13 +159,21 @@ def settled(state: State, now: float) -> bool:
         st not in SETTLED_STATES and not _stuck(state, i, now) for i, st in state.links.items())
 
 
+def complete(state: State, now: float, missing: int) -> bool:
+    """networkd on the bus and settled, no repair or re-read pending or running, and nothing
+    missing (`missing`: what a repair would restore, not what is held back, set aside or
+    unattributed): what `netd-hook wait` waits for, status.json `complete`."""
+    return (bool(state.owner) and settled(state, now) and not (state.busy or state.lost or state.verify)
+            and missing == 0)
+
+
 def _stuck(state: State, index: int, now: float) -> bool:
     since = state.busy_since.get(index)
     return since is not None and now - since >= state.params.stuck_after
 
 
 def stuck_links(state: State, now: float) -> dict[int, float]:
-    """Links busy for longer than the bound (they hold back no repair): index -> seconds busy."""
+    """Links busy for longer than the bound (they delay no repair): index -> seconds busy."""
     return {i: now - t for i, t in state.busy_since.items() if _stuck(state, i, now)}
 
 

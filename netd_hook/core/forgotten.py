@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .status_doc import Forgotten, LastForget, PortTally
+
 BULK = 10  # entries forgotten around networkd's activity in one generation: a doubt
 NEAR = 2.0  # seconds: a deletion this close to networkd being busy counts as "while busy"
 MAX_PORTS = 16  # distinct ports kept in the tally
@@ -92,17 +94,17 @@ class Ledger:
         return (f"{self.while_busy} protected entries were deleted by {who} while networkd was busy and were "
                 f"forgotten as deliberate: if that was not the CNI, they are missing and netd-hook does not know it")
 
-    def doc(self) -> dict[str, Any]:
-        """The status document's `forgotten` object."""
+    def status(self) -> Forgotten:
+        """The status document's `forgotten`."""
         last = self.last
-        return {
-            "total": self.total,
-            "generation": self.generation,
-            "while_busy": self.while_busy,
-            "doubt": self.doubt(),
-            "by_port": [{"port": p, "process": t[0], "count": t[1], "last_at": t[2]}
-                        for p, t in sorted(self.by_port.items(), key=lambda kv: -kv[1][1])],
-            "last": None if last is None else {
-                "at": last.wall, "port": last.port, "process": last.process, "count": last.count,
-                "example": last.example, "while_busy": last.busy},
-        }
+        return Forgotten(
+            total=self.total,
+            generation=self.generation,
+            while_busy=self.while_busy,
+            doubt=self.doubt(),
+            by_port=tuple(PortTally(port=p, process=t[0], count=t[1], last_at=t[2])
+                          for p, t in sorted(self.by_port.items(), key=lambda kv: -kv[1][1])),
+            last=None if last is None else LastForget(
+                at=last.wall, port=last.port, process=last.process, count=last.count, example=last.example,
+                while_busy=last.busy),
+        )

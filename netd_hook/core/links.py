@@ -14,7 +14,7 @@ src/network/networkd-link.c):
   networkd may be about to configure.
 
 Keys are whatever the caller has (an ifindex from the bus or a state file, a link name from
-status.json): the answer is the subset of those keys, resolved to names by the caller.
+status.json): the answer is the subset of those keys (managed), or their names (managed_names).
 """
 
 from __future__ import annotations
@@ -29,13 +29,18 @@ NOT_MANAGED = frozenset({UNMANAGED, LINGER, ""})
 K = TypeVar("K", bound=Hashable)
 
 
-def is_managed(state: object) -> bool:
+def is_managed(state: str) -> bool:
     """Whether networkd manages a link in this AdministrativeState (anything but a known
-    unmanaged state counts as managed: a future state, or a value of the wrong type in a
-    status document, which `status` shows as it is)."""
-    return not (isinstance(state, str) and state in NOT_MANAGED)
+    unmanaged state counts as managed: a state some later networkd may add)."""
+    return state not in NOT_MANAGED
 
 
 def managed(states: Mapping[K, str]) -> frozenset[K]:
     """The keys of `states` (link -> AdministrativeState) whose links networkd manages."""
     return frozenset(k for k, s in states.items() if is_managed(s))
+
+
+def managed_names(states: Mapping[K, str], names: Mapping[K, str]) -> frozenset[str]:
+    """The names of the links networkd manages: `states` by some key (an ifindex), `names` the
+    kernel's name of each; a link the kernel no longer has is left out."""
+    return frozenset(names[k] for k in managed(states) if k in names)

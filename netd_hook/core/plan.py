@@ -24,17 +24,19 @@ class Liveness:
 
 
 @dataclass(frozen=True, slots=True)
-class Skip:
+class HeldBack:
+    """A missing entry the liveness gate holds back: what it belongs to is not alive now."""
+
     entry: Entry
     reason: str
-    dead: bool  # the thing it belongs to is gone for good: forget it
+    dead: bool  # what it belongs to is gone for good (a pod): no longer protected
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     routes: tuple[Route, ...] = ()  # added first: rules point at these tables
     rules: tuple[Rule, ...] = ()
-    skipped: tuple[Skip, ...] = ()
+    held_back: tuple[HeldBack, ...] = ()  # by the liveness gate
 
     def __len__(self) -> int:
         return len(self.routes) + len(self.rules)
@@ -55,20 +57,20 @@ def address_alive(addr: str, live: Liveness) -> bool:
     return any(dev not in live.managed for dev in live.host_routes.get(addr, ()))
 
 
-def gate_rule(rule: Rule, live: Liveness) -> Skip | None:
+def gate_rule(rule: Rule, live: Liveness) -> HeldBack | None:
     addr = rule.host_address()
     if addr is None or address_alive(addr, live):
         return None
     if addr in live.node_addresses:
         # networkd re-adds a reconfigured link's address; the rule returns with it.
-        return Skip(rule, f"node address {addr} is not configured right now", dead=False)
-    return Skip(rule, f"{addr} has no host route on an unmanaged link (pod gone)", dead=True)
+        return HeldBack(rule, f"node address {addr} is not configured right now", dead=False)
+    return HeldBack(rule, f"{addr} has no host route on an unmanaged link (pod gone)", dead=True)
 
 
-def gate_route(route: Route, live: Liveness) -> Skip | None:
+def gate_route(route: Route, live: Liveness) -> HeldBack | None:
     if route.oif is None or route.oif in live.links:
         return None
-    return Skip(route, f"device {route.oif} does not exist", dead=False)
+    return HeldBack(route, f"device {route.oif} does not exist", dead=False)
 
 
 E = TypeVar("E", Rule, Route)
@@ -77,20 +79,20 @@ E = TypeVar("E", Rule, Route)
 def _missing(
     protected: Iterable[E],
     present: Collection[E],
-    set_aside: Collection[Entry],
-    gate: Callable[[E, Liveness], Skip | None],
+    excluded: Collection[Entry],
+    gate: Callable[[E, Liveness], HeldBack | None],
     live: Liveness,
-    skipped: list[Skip],
+    held_back: list[HeldBack],
 ) -> list[E]:
     out: list[E] = []
     for entry in protected:
-        if entry in present or entry in set_aside:
+        if entry in present or entry in excluded:
             continue
-        skip = gate(entry, live)
-        if skip is None:
+        held = gate(entry, live)
+        if held is None:
             out.append(entry)
         else:
-            skipped.append(skip)
+            held_back.append(held)
     return out
 
 
@@ -99,37 +101,38 @@ def plan(
     present_rules: Collection[Rule],
     present_routes: Collection[Route],
     live: Liveness,
-    set_aside: Collection[Entry] = (),
+    excluded: Collection[Entry] = (),
 ) -> Plan:
-    """Everything protected and missing, minus what the gate holds back and what failed before."""
-    skipped: list[Skip] = []
-    routes = _missing(snapshot.protected_routes(), present_routes, set_aside, gate_route, live, skipped)
-    rules = _missing(snapshot.rules, present_rules, set_aside, gate_rule, live, skipped)
+    """Everything protected and missing but `excluded` (set aside: the kernel refused it before;
+    unattributed: missing after a monitor overrun), with what the liveness gate holds back apart."""
+    held_back: list[HeldBack] = []
+    routes = _missing(snapshot.protected_routes(), present_routes, excluded, gate_route, live, held_back)
+    rules = _missing(snapshot.rules, present_rules, excluded, gate_rule, live, held_back)
     # Deterministic order: routes by table and prefix length (gateway /32 before default via it),
     # rules by priority.
     routes.sort(key=lambda r: (r.family, r.table, -int(r.dst.rsplit("/", 1)[1]), r.dst))
     rules.sort(key=_rule_order)
-    return Plan(tuple(routes), tuple(rules), tuple(skipped))
+    return Plan(tuple(routes), tuple(rules), tuple(held_back))
 
 
-def plan_rules(missing: Iterable[Rule], live: Liveness, set_aside: Collection[Entry], limit: int) -> Plan:
+def plan_rules(missing: Iterable[Rule], live: Liveness, excluded: Collection[Entry], limit: int) -> Plan:
     """The first `limit` rules of `missing` (protected, not in the kernel, oldest deletion first)
     the gate lets through, in that order: what a chase puts back while networkd is still
     configuring, the first rule gone first back. The caller keeps `missing` (Tracker.gone), so a
     chase does not walk the whole snapshot."""
-    skipped: list[Skip] = []
+    held_back: list[HeldBack] = []
     rules: list[Rule] = []
     for rule in missing:
-        if rule in set_aside:
+        if rule in excluded:
             continue
-        skip = gate_rule(rule, live)
-        if skip is not None:
-            skipped.append(skip)
+        held = gate_rule(rule, live)
+        if held is not None:
+            held_back.append(held)
         elif len(rules) < limit:
             rules.append(rule)
         else:
             break
-    return Plan((), tuple(rules), tuple(skipped))
+    return Plan((), tuple(rules), tuple(held_back))
 
 
 def _rule_order(r: Rule) -> tuple[int, int, int, str, str]:

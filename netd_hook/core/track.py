@@ -79,7 +79,8 @@ class Tracker:
             self.fresh.append(route)
             self.version += 1
 
-    def forget(self, entries: Iterable[Entry]) -> None:
+    def unprotect(self, entries: Iterable[Entry]) -> None:
+        """Stop protecting `entries`: forgotten, a gone pod's (dead), out of scope, or orphans."""
         for entry in entries:
             if isinstance(entry, Rule):
                 if entry in self.rules:
@@ -94,8 +95,8 @@ class Tracker:
 
     def rescope(self, scope: Scope) -> None:
         self.scope = scope
-        self.forget([r for r in self.rules if not rule_in_scope(scope, r)])
-        self.forget([r for r in self.routes if not route_in_scope(scope, r)])
+        self.unprotect([r for r in self.rules if not rule_in_scope(scope, r)])
+        self.unprotect([r for r in self.routes if not route_in_scope(scope, r)])
 
     def protects(self, entry: Entry) -> bool:
         if isinstance(entry, Rule):
@@ -220,13 +221,13 @@ class Tracker:
             return  # a pod still there, or the node's own address (away for a moment at most)
         rules = self.restored.pop(addr, set())
         self.orphans.extend(r for r in rules if r in self.present_rules)
-        self.forget(rules)
+        self.unprotect(rules)
 
     def _lost(self, entry: Entry, cause: Cause) -> bool:
         if not self.protects(entry):
             return False
         if cause is Cause.OTHER:
-            self.forget([entry])
+            self.unprotect([entry])
             return False
         return cause is not Cause.SELF
 

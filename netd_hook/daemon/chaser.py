@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..core.apply import Outcome
 from ..core.model import Entry, Rule
-from ..core.plan import Plan, Skip, plan_rules
+from ..core.plan import HeldBack, Plan, plan_rules
 
 if TYPE_CHECKING:
     from .repairer import Repairer
@@ -39,15 +39,15 @@ class Chaser:
         svc = r.svc
         total = Outcome()
         rules: list[Rule] = []
-        skipped: dict[Entry, Skip] = {}
+        held_back: dict[Entry, HeldBack] = {}
         await r.lock_replays()
         try:
             while True:
                 t = svc.tracker
                 p = plan_rules(t.chase_order(), t.liveness(r.managed()),
-                               r.holds.entries() | self.tired | skipped.keys(), CHUNK)
+                               r.holds.excluded() | self.tired | held_back.keys(), CHUNK)
                 r.drop_dead(p)
-                skipped.update((s.entry, s) for s in p.skipped)
+                held_back.update((s.entry, s) for s in p.held_back)
                 if not p.rules:
                     break
                 out = await r.send(p, trigger)
@@ -58,8 +58,8 @@ class Chaser:
         finally:
             fcntl.flock(r.replay_lock, fcntl.LOCK_UN)
         svc.counters.chases += 1
-        if rules or skipped:
-            r.record(trigger, started, Plan((), tuple(rules), tuple(skipped.values())), total if rules else None)
+        if rules or held_back:
+            r.record(trigger, started, Plan((), tuple(rules), tuple(held_back.values())), total if rules else None)
 
     def _chased(self, rules: tuple[Rule, ...]) -> None:
         limit, tired = self.repairer.svc.cfg.replay.chase_max, []

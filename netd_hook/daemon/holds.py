@@ -1,5 +1,5 @@
 """What no plan restores for now: entries the kernel refused (set aside, tried again with
-backoff) and entries a monitor overrun's gap lost while networkd was idle (held back: who deleted
+backoff) and entries a monitor overrun's gap lost while networkd was idle (unattributed: who deleted
 them cannot be told). Each comes back as a loss (`decide.Lost`) once its time has come."""
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ class Holds:
         self.set_aside_retry_at: float | None = None  # loop clock of the next try of what is set aside
         self.set_aside_delay = SET_ASIDE_RETRY_FIRST
         # Found missing after a monitor overrun with networkd idle all the while: who deleted them
-        # cannot be told, so they are held back (shown, `netd-hook replay` puts them back).
+        # cannot be told, so they are unattributed: not replayed (shown, `netd-hook replay` puts them back).
         self.unattributed: set[Entry] = set()
         self.overrun_at: float | None = None  # loop clock of the last overrun not yet verified
-        self.held_overrun_at: float | None = None  # the overrun whose gap `unattributed` holds, until NEAR after it
+        # the overrun whose gap `unattributed` holds, until NEAR after it
+        self.unattributed_overrun_at: float | None = None
 
-    def entries(self) -> set[Entry]:
-        """What no plan restores: set aside (the kernel refused it), held back after an overrun."""
+    def excluded(self) -> set[Entry]:
+        """What no plan restores: set aside (the kernel refused it), unattributed (after an overrun)."""
         t = self.svc.tracker
         if self.unattributed:  # back (someone re-added them, or a one-shot replay), or no longer protected
             self.unattributed = {e for e in self.unattributed if t.protects(e) and e not in t.present_rules
@@ -82,8 +83,8 @@ class Holds:
         """The monitor overran: the next verification decides about what its gap lost."""
         self.overrun_at = self.overrun_at or now
 
-    def hold_after_overrun(self, p: Plan) -> bool:
-        """At a verification: True (and `p`'s entries held back) when an overrun came before it,
+    def unattributed_after_overrun(self, p: Plan) -> bool:
+        """At a verification: True (and `p`'s entries unattributed) when an overrun came before it,
         something is missing, and networkd was idle all the while."""
         overrun, self.overrun_at = self.overrun_at, None
         if overrun is None or not len(p) or self._networkd_active_since(overrun - NEAR):
@@ -92,7 +93,7 @@ class Holds:
         # then: replaying would be a guess (an operator's `ip rule del`, say). Hold them back.
         entries = p.entries()
         self.unattributed.update(entries)
-        self.held_overrun_at = overrun
+        self.unattributed_overrun_at = overrun
         log.warning("after a netlink monitor overrun %d protected entries are missing (e.g. %s) and networkd "
                     "was idle: who deleted them cannot be told, so they are not put back; "
                     "`netd-hook replay` puts them back", len(entries), entries[0].describe())
@@ -103,24 +104,24 @@ class Holds:
         st = self.svc.state
         return not decide.settled(st, anyio.current_time()) or st.active_at >= since
 
-    def release_held(self, now: float) -> decide.Lost | None:
-        """What an overrun's gap lost was held back because networkd looked idle at the re-read;
+    def release_unattributed(self, now: float) -> decide.Lost | None:
+        """What an overrun's gap lost is unattributed because networkd looked idle at the re-read;
         but networkd's D-Bus signal that it is busy travels on another socket and can be read
         just after that re-read (seen in the fault drill: a reconfigure starting as the daemon
         started). Seen busy within NEAR of the overrun, that is the evidence after all: what was
-        held back goes back (the loss returned). Later, the hold is final."""
-        at = self.held_overrun_at
+        unattributed goes back (the loss returned). Later, it stays unattributed."""
+        at = self.unattributed_overrun_at
         if at is None:
             return None
         if not self.unattributed or now > at + NEAR:
-            self.held_overrun_at = None
+            self.unattributed_overrun_at = None
             return None
         if not self._networkd_active_since(at - NEAR):
             return None
-        self.held_overrun_at = None
+        self.unattributed_overrun_at = None
         n = len(self.unattributed)
         self.unattributed.clear()
         log.warning("networkd was busy around the monitor overrun after all: putting back the %d entries "
-                    "held back", n)
+                    "unattributed", n)
         self.svc.publisher.outage_starts()
         return decide.Lost(n, "networkd")

@@ -1,6 +1,7 @@
 """Repairs: plan what is missing, send it in one batch under the replay lock, record it; re-read
 the kernel to verify; remove the rules restored for pods gone since. What no plan restores for
-now (set aside by the kernel, held back after an overrun) is holds.py's."""
+now (set aside: the kernel refused it; unattributed: missing after an overrun) is holds.py's;
+the chase while networkd is still busy is chaser.py's."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..adapters.journal import RepairRecord, repair_audit, rollback_audit
 from ..adapters.netlink import Encoder
 from ..commands import ops
 from ..core.apply import Outcome, Writer, execute
-from ..core.links import managed
+from ..core.links import managed_names
 from ..core.model import Entry
 from ..core.plan import Plan, gate_route, gate_rule, plan
 from .chaser import Chaser
@@ -47,48 +48,38 @@ class Repairer:
         self.last_repair_at = 0.0
         self.chaser = Chaser(self)
 
-    # read by the publisher (status.json)
-    @property
-    def set_aside(self) -> set[Entry]:
-        return self.holds.set_aside
-
-    @property
-    def unattributed(self) -> set[Entry]:
-        return self.holds.unattributed
-
     # what is missing ------------------------------------------------------------------------
 
     def managed(self) -> frozenset[str]:
-        names = self.svc.tracker.links
-        return frozenset(names[i] for i in managed(self.svc.state.links) if i in names)
+        return managed_names(self.svc.state.links, self.svc.tracker.links)
 
     def plan(self, trust_routes: bool = True) -> Plan:
         t = self.svc.tracker
         routes = t.present_routes if trust_routes else ()
-        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self.managed()), self.holds.entries())
+        return plan(t.snapshot(), t.present_rules, routes, t.liveness(self.managed()), self.holds.excluded())
 
     def missing(self) -> tuple[int, int]:
-        """`len(p)` and `len(p.skipped)` of `p = self.plan()`, for status.json (up to twice a
+        """`len(p)` and `len(p.held_back)` of `p = self.plan()`, for status.json (up to twice a
         second). Neither copies the snapshot nor hashes each of its 10,000 entries again in Python
         (plan() looks every protected entry up in the kernel's view): the set differences use the
         hashes the sets keep, so only what is missing costs a Python step and a gate."""
         t = self.svc.tracker
-        held = self.holds.entries()
+        excluded = self.holds.excluded()
         live = t.liveness(self.managed())
-        missing = skipped = 0
-        for rule in t.rules - t.present_rules - held:
+        missing = held_back = 0
+        for rule in t.rules - t.present_rules - excluded:
             if gate_rule(rule, live) is None:
                 missing += 1
             else:
-                skipped += 1
-        for route in t.routes - t.present_routes - held:
+                held_back += 1
+        for route in t.routes - t.present_routes - excluded:
             if not t.protects(route):
                 continue  # no protected rule looks up its table
             if gate_route(route, live) is None:
                 missing += 1
             else:
-                skipped += 1
-        return missing, skipped
+                held_back += 1
+        return missing, held_back
 
     async def resync(self) -> Plan:
         self.svc.tracker.load(await anyio.to_thread.run_sync(netlink.dump_sync, self.dump_sock))
@@ -102,7 +93,7 @@ class Repairer:
         self.holds.set_aside.clear()  # a new networkd generation: retry what failed before
         self.svc.inbox.catch_up()  # whatever deleted what (attribution) before the dump says what is gone
         p = await self.resync()
-        return 0 if self.holds.hold_after_overrun(p) else len(p)
+        return 0 if self.holds.unattributed_after_overrun(p) else len(p)
 
     # replaying ------------------------------------------------------------------------------
 
@@ -119,7 +110,7 @@ class Repairer:
         p = self.plan(trust_routes=not svc.state.verify)
         self.drop_dead(p)
         if not len(p):
-            if p.skipped:
+            if p.held_back:
                 self.record(trigger, started, p, None)
             return
         await self.lock_replays()
@@ -127,7 +118,7 @@ class Repairer:
             out = await self.send(p, trigger)
         finally:
             fcntl.flock(self.replay_lock, fcntl.LOCK_UN)
-        if out.rules_restored + out.routes_restored + len(out.set_aside) + len(p.skipped) == 0:
+        if out.rules_restored + out.routes_restored + len(out.set_aside) + len(p.held_back) == 0:
             # A late notification of something already repaired: nothing happened, nothing to audit.
             log.debug("replay (%s): all %d entries were already present", trigger, out.already_present)
             return
@@ -135,9 +126,9 @@ class Repairer:
 
     def drop_dead(self, p: Plan) -> None:
         """What the gate holds back is logged; the rules of pods gone for good are forgotten."""
-        for s in p.skipped:
+        for s in p.held_back:
             log.info("not restoring %s: %s", s.entry.describe(), s.reason)
-        self.svc.tracker.forget(s.entry for s in p.skipped if s.dead)
+        self.svc.tracker.unprotect(s.entry for s in p.held_back if s.dead)
 
     async def send(self, p: Plan, trigger: str) -> Outcome:
         """One plan as one batch (and its rollbacks), under the replay lock the caller holds."""
@@ -175,7 +166,7 @@ class Repairer:
 
     def record(self, trigger: str, started: float, p: Plan, out: Outcome | None) -> None:
         svc = self.svc
-        dead = sum(1 for s in p.skipped if s.dead)
+        dead = sum(1 for s in p.held_back if s.dead)
         svc.counters.skipped_dead += dead
         rec = RepairRecord(
             trigger=trigger,
@@ -183,7 +174,7 @@ class Repairer:
             routes_restored=out.routes_restored if out else 0,
             already_present=out.already_present if out else 0,
             skipped_dead=dead,
-            skipped_other=len(p.skipped) - dead,
+            skipped_other=len(p.held_back) - dead,
             set_aside=len(out.set_aside) if out else 0,
             rollbacks=out.rollbacks if out else 0,
             batches=out.batches if out else 0,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..adapters import store
+from ..adapters.store import Write
 from ..core.model import Snapshot
 
 if TYPE_CHECKING:
@@ -25,31 +26,32 @@ SAVE_DELAY = 1.0  # coalesce snapshot writes: a pod burst costs one fsync a seco
 
 
 class Writes:
-    """The writes failing now ("snapshot", "status", "metrics"): one warning per spell, the
-    systemd status says degraded, each is tried again on its own backoff."""
+    """The writes failing now: one warning per spell, the systemd status says degraded, each is
+    tried again on its own backoff."""
 
     def __init__(self, counters: Counters, announce: Callable[[], None]) -> None:
-        self.failing: dict[str, store.Failing] = {}
+        self.failing: dict[Write, store.Failing] = {}
         self.counters = counters
         self.announce = announce  # sends the systemd status text again
 
-    def failed(self, what: str, path: Path, exc: OSError) -> float:
+    def failed(self, what: Write, path: Path, exc: OSError) -> float:
         """Count a failed write of `what`; one warning per spell (the rest at debug level), the
         systemd status says degraded. Returns when to try again (the loop's clock)."""
         now = anyio.current_time()
         prev = self.failing.get(what)
         f = self.failing[what] = store.failed(prev, what, path, exc, now, time.time())
-        if what == "snapshot":
+        if what is Write.SNAPSHOT:
             self.counters.save_failures += 1
         else:
             self.counters.publish_failures += 1
-        group = {"snapshot"} if what == "snapshot" else {"status", "metrics"}  # the state dir; the runtime dir
+        # the state directory; the runtime directory
+        group = {Write.SNAPSHOT} if what is Write.SNAPSHOT else {Write.STATUS, Write.METRICS}
         if prev is None and not group & (self.failing.keys() - {what}):
             consequence = {
-                "snapshot": "the file stays as it was (a restart merges it with the kernel)",
-                "status": "`netd-hook status` and `wait` read an older status",
-                "metrics": "the metrics file stays as it was",
-            }.get(what, "")
+                Write.SNAPSHOT: "the file stays as it was (a restart merges it with the kernel)",
+                Write.STATUS: "`netd-hook status` and `wait` read an older status",
+                Write.METRICS: "the metrics file stays as it was",
+            }[what]
             log.warning("degraded: %s; still protecting from memory, %s; retrying in %.0fs, backing off to once "
                         "every %.0fs", store.describe(f), consequence, f.delay, store.RETRY_MAX)
             self.announce()
@@ -62,7 +64,7 @@ class Writes:
             log.debug("%s (failure %d); retrying in %.0fs", store.describe(f), f.failures, f.delay)
         return f.retry_at
 
-    def ok(self, what: str) -> None:
+    def ok(self, what: Write) -> None:
         f = self.failing.pop(what, None)
         if f is None:
             return
@@ -98,7 +100,7 @@ class Saver:
         try:
             store.save(self.state_dir, snap, self.boot.id)
         except OSError as exc:
-            self.save_at = self.writes.failed("snapshot", self.path, exc)
+            self.save_at = self.writes.failed(Write.SNAPSHOT, self.path, exc)
             return False
         self._saved(version, snap)
         return True
@@ -116,7 +118,7 @@ class Saver:
             try:
                 await anyio.to_thread.run_sync(store.save, self.state_dir, snap, self.boot.id)
             except OSError as exc:  # full or read-only: keep protecting from memory, try again later
-                self.save_at = self.writes.failed("snapshot", self.path, exc)
+                self.save_at = self.writes.failed(Write.SNAPSHOT, self.path, exc)
             else:
                 self._saved(version, snap)
 
@@ -128,7 +130,7 @@ class Saver:
             when = ("none written by this daemon" if self.saved_at is None
                     else f"the one from {time.strftime('%H:%M:%S UTC', time.gmtime(self.saved_at))} stays")
             log.error("snapshot not saved at exit: %s; %s (the next start merges it with the kernel)",
-                      store.describe(store.failed(None, "snapshot", self.path, exc, 0.0, 0.0)), when)
+                      store.describe(store.failed(None, Write.SNAPSHOT, self.path, exc, 0.0, 0.0)), when)
             return
         self._saved(version, snap)
 
@@ -136,7 +138,7 @@ class Saver:
         """(rules, routes) the status may call protected: those in the file, which a crash of
         this daemon would not lose (a pod learned a moment ago is protected once it is written);
         while the file cannot be written, what is protected from memory."""
-        if tracker.version == self.saved_version or "snapshot" in self.writes.failing:
+        if tracker.version == self.saved_version or Write.SNAPSHOT in self.writes.failing:
             return len(tracker.rules), tracker.protected_route_count()
         return self.saved_counts
 
@@ -144,4 +146,4 @@ class Saver:
         self.saved_counts = (len(snap.rules), len(snap.protected_routes()))
         self.saved_version = version
         self.saved_at = time.time()
-        self.writes.ok("snapshot")
+        self.writes.ok(Write.SNAPSHOT)

@@ -98,27 +98,6 @@ class Service:
     async def run(self) -> None:
         await self.lifecycle.run()
 
-    # read by the publisher ------------------------------------------------------------------
-
-    @property
-    def generation(self) -> int:
-        return self.networkd.generation
-
-    @property
-    def networkd_pid(self) -> int | None:
-        return self.networkd.pid
-
-    @property
-    def networkd_sockets(self) -> list[ListenedSocket]:
-        return self.networkd.sockets
-
-    @property
-    def backlog(self) -> list[Event]:
-        return self.inbox.backlog
-
-    def pending(self) -> list[Event]:
-        return self.inbox.pending()
-
     # the loop -------------------------------------------------------------------------------
 
     async def loop(self) -> None:
@@ -192,7 +171,7 @@ class Service:
                     log.info("startup: %d protected entries missing", missing)
                 await self._step(decide.Lost(missing, "startup"))
         await self._flush(lost)
-        released = self.repairer.holds.release_held(anyio.current_time())
+        released = self.repairer.holds.release_unattributed(anyio.current_time())
         if released:
             await self._step(released)
 

@@ -300,10 +300,7 @@ def assess(facts: Facts, probe: statusmod.Probe | None, snapshot_mtime: float | 
 
     out.append(_network_finding(facts))
     if links is None and status is not None and running:  # a dead daemon's links are history
-        nd = status.get("networkd")
-        raw = nd.get("links") if isinstance(nd, dict) else None
-        if isinstance(raw, dict):
-            links = {str(k): str(v) for k, v in raw.items()}
+        links = status.networkd.links
     if links is not None:
         out.append(_links_finding(links))
     unmanaged = _unmanaged_finding(facts, rules)

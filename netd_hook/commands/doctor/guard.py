@@ -8,10 +8,9 @@ warning where networkd's wipe is on, information only on a cured node (`why` say
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
 
 from ...adapters import status as statusmod
+from ...core.status_doc import Degraded, Forgotten, Status
 from ..render import age, when
 from .facts import ENABLED_LINK, NETWORKD_DROPIN, UNIT_DIRS, Finding, Severity, UnitFacts
 
@@ -57,7 +56,7 @@ def guard_findings(unit: UnitFacts, probe: statusmod.Probe | None, snapshot_mtim
     return out
 
 
-def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | None, snapshot_mtime: float | None,
+def _daemon_findings(probe: statusmod.Probe | None, status: Status | None, snapshot_mtime: float | None,
                      now: float, stale_after: float, need: Severity, why: str, unit: UnitFacts) -> list[Finding]:
     out: list[Finding] = []
     running = probe is not None and probe.running
@@ -66,8 +65,8 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
         return out  # "not installed" says it all
     if not running:
         last = ""
-        last_at = statusmod.timestamp(status.get("updated_at")) if status is not None else None
-        if last_at is not None:
+        last_at = status.updated_at if status is not None else 0.0
+        if last_at:
             last = f" Its last status was published {age(now - last_at)} ago."
         out.append(Finding("netd-hook.running", need, f"netd-hook is not running{why}",
                            "Nothing puts back what networkd deletes." + last,
@@ -83,12 +82,10 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                            "A daemon that started but cannot write its status file, or an old version.",
                            "journalctl -u netd-hook -n 50 --no-pager\nsystemctl restart netd-hook"))
     else:
-        pid = status.get("pid")
-        started = statusmod.timestamp(status.get("started_at"))
-        up = f", up {age(now - started)}" if started is not None else ""
-        out.append(Finding("netd-hook.running", Severity.OK, f"netd-hook is running (pid {pid}{up})"))
-        updated = statusmod.timestamp(status.get("updated_at"))
-        if updated is None:
+        started, updated = status.started_at, status.updated_at
+        up = f", up {age(now - started)}" if started else ""
+        out.append(Finding("netd-hook.running", Severity.OK, f"netd-hook is running (pid {status.pid}{up})"))
+        if not updated:
             out.append(Finding("netd-hook.status", Severity.WARNING, "netd-hook's status has no updated_at",
                                "Cannot tell whether the daemon is alive.", "journalctl -u netd-hook -n 50 --no-pager"))
         elif now - updated > stale_after:
@@ -98,24 +95,22 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
                                "The daemon holds its lock but has stopped publishing: it may be stuck.",
                                "journalctl -u netd-hook -n 50 --no-pager\nsystemctl restart netd-hook"))
         else:
-            prot = status.get("protected")
-            what = ""
-            if isinstance(prot, dict):
-                what = f": protecting {prot.get('rules', '?')} rules, {prot.get('routes', '?')} routes"
+            prot = status.protected
             out.append(Finding("netd-hook.status", Severity.OK,
-                               f"netd-hook's status is fresh (published {age(now - updated)} ago){what}"))
-            missing = status.get("missing")
-            if isinstance(missing, int) and missing > 0:
+                               f"netd-hook's status is fresh (published {age(now - updated)} ago): "
+                               f"protecting {prot.rules} rules, {prot.routes} routes"))
+            missing = status.missing
+            if missing > 0:
                 out.append(Finding("netd-hook.missing", Severity.WARNING,
                                    f"{missing} protected entr{'ies are' if missing != 1 else 'y is'} missing from "
                                    f"the kernel right now",
                                    "netd-hook puts them back once networkd has settled; if this persists, the "
                                    "liveness gate holds them back or the kernel rejects them.",
                                    "netd-hook diff\njournalctl -u netd-hook -n 50 --no-pager"))
-            out.extend(_forgotten_findings(status.get("forgotten")))
+            out.extend(_forgotten_findings(status.forgotten))
             out.extend(_stuck_findings(status, now))
-            out.extend(_degraded_findings(status.get("degraded"), now))
-            if unit.networkd_socket_enabled and status.get("networkd_sockets") == []:
+            out.extend(_degraded_findings(status.degraded, now))
+            if unit.networkd_socket_enabled and not status.networkd_sockets:
                 out.append(Finding("netd-hook.networkd-socket", Severity.CRITICAL,
                                    "networkd is socket-activated, but netd-hook was not given its socket: "
                                    "networkd's deletions look like the CNI's and are never put back",
@@ -137,12 +132,10 @@ def _daemon_findings(probe: statusmod.Probe | None, status: dict[str, Any] | Non
     return out
 
 
-def _forgotten_findings(forgotten: object) -> list[Finding]:
+def _forgotten_findings(forgotten: Forgotten) -> list[Finding]:
     """Entries forgotten as deliberate deletions: in bulk while networkd was busy, a red flag."""
-    if not isinstance(forgotten, dict):
-        return []
-    doubt = forgotten.get("doubt")
-    if isinstance(doubt, str) and doubt:
+    doubt = forgotten.doubt
+    if doubt:
         return [Finding("netd-hook.forgotten", Severity.WARNING,
                         f"netd-hook forgot entries in bulk while networkd was busy: {doubt}",
                         "netd-hook never replays what someone else deleted (the CNI deleting a pod). Many "
@@ -153,28 +146,26 @@ def _forgotten_findings(forgotten: object) -> list[Finding]:
                         "journalctl -u netd-hook -g forgot --no-pager\n"
                         "systemctl show netd-hook -p Sockets\n"
                         "restart the affected pods if their rules are gone (kubectl delete pod ...)")]
-    total = forgotten.get("total")
-    if isinstance(total, int) and total > 0:
+    total = forgotten.total
+    if total > 0:
         return [Finding("netd-hook.forgotten", Severity.OK,
                         f"{total} entries deleted by others (the CNI) were forgotten, none in bulk while "
                         f"networkd was busy")]
     return []
 
 
-def _stuck_findings(status: Mapping[str, Any], now: float) -> list[Finding]:
+def _stuck_findings(status: Status, now: float) -> list[Finding]:
     """Managed links busy for longer than [replay] stuck_ms (status.json `networkd.stuck`: link
     name -> seconds busy when the status was published), each named with since when."""
-    nd = statusmod.section(status, "networkd")
-    stuck = statusmod.section(nd, "stuck")
+    stuck, states = status.networkd.stuck, status.networkd.links
     if not stuck:
         return []
-    states = statusmod.section(nd, "links")
-    published = statusmod.timestamp(status.get("updated_at")) or now
+    published = status.updated_at or now
     named = []
     for name, secs in stuck.items():
-        since = published - statusmod.number(secs)
+        since = published - secs
         state = states.get(name)
-        named.append(f"{name}{f' ({state})' if isinstance(state, str) else ''} busy since {when(since)} "
+        named.append(f"{name}{f' ({state})' if state is not None else ''} busy since {when(since)} "
                      f"({age(now - since)})")
     return [Finding("netd-hook.stuck", Severity.WARNING,
                     f"networkd link{'s' if len(stuck) != 1 else ''} stuck: {', '.join(named)}",
@@ -184,16 +175,14 @@ def _stuck_findings(status: Mapping[str, Any], now: float) -> list[Finding]:
                     f"networkctl status {' '.join(stuck)}\njournalctl -u systemd-networkd -n 50 --no-pager")]
 
 
-def _degraded_findings(degraded: object, now: float) -> list[Finding]:
+def _degraded_findings(degraded: Degraded | None, now: float) -> list[Finding]:
     """status.json `degraded` (since, reason): writes failing, the daemon protecting from memory."""
-    if not isinstance(degraded, Mapping) or not degraded:
+    if degraded is None:
         return []
-    since = statusmod.timestamp(degraded.get("since"))
-    reason = degraded.get("reason")
-    why = reason if isinstance(reason, str) and reason else "a state or runtime file cannot be written"
-    spell = f" since {when(since)} ({age(now - since)})" if since is not None else ""
-    dirs = sorted({os.path.dirname(w["path"]) for w in statusmod.items(degraded.get("writes"))
-                   if isinstance(w, Mapping) and isinstance(w.get("path"), str) and w["path"].startswith("/")})
+    since = degraded.since
+    why = degraded.reason or "a state or runtime file cannot be written"
+    spell = f" since {when(since)} ({age(now - since)})" if since else ""
+    dirs = sorted({os.path.dirname(w.path) for w in degraded.writes if w.path.startswith("/")})
     look = (f"df -h {' '.join(dirs)}   # full?\n" if dirs else "") + "".join(
         f"findmnt -T {d}   # mounted read-only?\n" for d in dirs)
     return [Finding("netd-hook.degraded", Severity.WARNING, f"netd-hook is degraded{spell}: {why}",
