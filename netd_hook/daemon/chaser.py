@@ -1,5 +1,5 @@
 """The chase: while networkd is still configuring, put back the rules its pass deleted, the first
-one gone first back, in batches of at most CHUNK, reading what arrived between two batches
+one gone first back, in batches of at most CHUNK, taking in what arrived between two batches
 (the batch's own echoes, networkd's next deletions) so that the next batch takes the oldest
 still missing. One entry is chased at most `[replay] chase_max` times in a busy spell; beyond
 that it waits for networkd to settle and the re-read that follows (decide.py)."""
@@ -40,21 +40,26 @@ class Chaser:
         total = Outcome()
         rules: list[Rule] = []
         held_back: dict[Entry, HeldBack] = {}
+        read_socket = False  # what the monitor handed on so far; all the socket holds before the end
         await r.lock_replays()
         try:
             while True:
+                svc.inbox.catch_up(read_socket)  # the echoes say what is back; networkd's next deletions join
                 t = svc.tracker
                 p = plan_rules(t.chase_order(), t.liveness(r.managed()),
                                r.holds.excluded() | self.tired | held_back.keys(), CHUNK)
                 r.drop_dead(p)
                 held_back.update((s.entry, s) for s in p.held_back)
                 if not p.rules:
-                    break
+                    if read_socket:
+                        break
+                    read_socket = True
+                    continue
+                read_socket = False
                 out = await r.send(p, trigger)
                 total.add(out)
                 rules += p.rules
                 self._chased(p.rules)
-                svc.inbox.catch_up()  # the echoes mark what is back; networkd's next deletions join
         finally:
             fcntl.flock(r.replay_lock, fcntl.LOCK_UN)
         svc.counters.chases += 1

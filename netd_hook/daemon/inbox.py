@@ -63,14 +63,15 @@ class Inbox:
             except anyio.WouldBlock:
                 return held
 
-    def pending(self) -> list[Event]:
+    def pending(self, read_socket: bool = True) -> list[Event]:
         """Everything queued for the loop, then what the monitor socket holds, in that order
         (queued events are older)."""
         held = self._queued()
-        held.extend(netlink.read_available(self.svc.mon, self.svc.tracker.links))
+        if read_socket:
+            held.extend(netlink.read_available(self.svc.mon, self.svc.tracker.links))
         return flatten(held)
 
-    def catch_up(self) -> None:
+    def catch_up(self, read_socket: bool = True) -> None:
         """Bring the kernel view up to date before planning a replay or re-reading the kernel.
 
         networkd's D-Bus signals and the kernel's netlink notifications travel on two sockets:
@@ -83,13 +84,18 @@ class Inbox:
         wipe right or wrong by that luck), or a stale deletion, applied after the dump, left the
         view saying "missing" about an entry the kernel has. Other events keep their order: the
         batch's in the batch, the rest in the backlog.
+
+        A chase (chaser.py) leaves the socket to the monitor until its last batch (`read_socket`
+        False): it puts back only deletions it has seen networkd make, which nothing unread can
+        make deliberate (a rule gone cannot be deleted again); a pod that went meanwhile gets its
+        rules removed again once its host route's deletion is read (orphans).
         """
         attribution = self.svc.attribution
         lost: dict[str, int] = {}
         rest: deque[Event] = deque()
         self._absorb(self.batch, lost, rest.append)
         self.batch = rest
-        self._absorb(self.pending(), lost, self.backlog.append)
+        self._absorb(self.pending(read_socket), lost, self.backlog.append)
         attribution.count_losses(lost)  # what they lost is in the plan or dump about to be made
         attribution.log_forgets()
 

@@ -100,10 +100,10 @@ class Repairer:
     async def replay(self, trigger: str, chase: bool = False) -> None:
         svc = self.svc
         started = time.perf_counter()
-        svc.inbox.catch_up()
         if chase:  # networkd is still configuring: the rules its pass deleted, nothing else
             await self.chaser.run(trigger, started)
             return
+        svc.inbox.catch_up()
         # After networkd reconfigured a link, the kernel has flushed that link's table routes
         # without a word (networkd re-adds its address): send every protected route along in
         # this first batch. They are few, and EEXIST counts as present.

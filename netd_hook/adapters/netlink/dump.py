@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import os
 import socket
 import struct
@@ -25,7 +26,7 @@ from ...core.model import (
     AF_INET,
     AF_INET6,
 )
-from .sockets import _recv
+from .sockets import _recv, recv_bytes
 from .wire import (
     _IFI_HDR,
     _RT_HDR,
@@ -113,7 +114,7 @@ def _dump_one(sock: socket.socket, mtype: int, body: bytes, names: dict[int, str
     items: list[Item] = []
     interrupted = False
     while True:
-        data = sock.recv(1 << 20)
+        data = recv_bytes(sock, 1 << 20)
         for rtype, flags, rseq, _port, item in decode(data, names):
             if rseq != seq:
                 continue
@@ -132,7 +133,7 @@ def _drain(sock: socket.socket) -> None:
     sock.setblocking(False)
     while True:
         try:
-            if not sock.recv(1 << 20):
+            if not recv_bytes(sock, 1 << 20):
                 return
         except BlockingIOError:
             return
@@ -141,11 +142,14 @@ def _drain(sock: socket.socket) -> None:
                 raise
 
 
-def read_available(sock: socket.socket, names: dict[int, str]) -> list[Change | None]:
-    """Everything the monitor socket holds now, without blocking; None marks an overrun
-    (ENOBUFS: the kernel dropped notifications, so the caller must re-dump)."""
+def read_available(sock: socket.socket, names: dict[int, str], limit: float = math.inf) -> list[Change | None]:
+    """What the monitor socket holds now (all of it, or the first `limit` datagrams), without
+    blocking; None marks an overrun (ENOBUFS: the kernel dropped notifications, so the caller
+    must re-dump)."""
     out: list[Change | None] = []
-    while True:
+    read = 0
+    while read < limit:
+        read += 1
         try:
             data = _recv(sock)
         except OSError as exc:
@@ -158,13 +162,20 @@ def read_available(sock: socket.socket, names: dict[int, str]) -> list[Change | 
         for mtype, _flags, _seq, port, item in decode(data, names):
             if item is not None:
                 out.append(Change(mtype in (RTM_NEWRULE, RTM_NEWROUTE, RTM_NEWLINK), item, port))
+    return out
+
+
+# Notifications handed on at a time: the loop acts on the first deletions of a wipe (the chase
+# puts them back) while the rest are still being read, not after all 2,000 of them.
+MONITOR_CHUNK = 64
 
 
 async def monitor(sock: socket.socket, names: dict[int, str]) -> AsyncIterator[list[Change | None]]:
-    """Yield what a socket bound to MONITOR_GROUPS receives, one list per wake-up."""
+    """Yield what a socket bound to MONITOR_GROUPS receives, at most MONITOR_CHUNK datagrams at a
+    time (the caller reads the rest at once when it must: Inbox.catch_up)."""
     while True:
         await anyio.wait_readable(sock)
-        changes = read_available(sock, names)
+        changes = read_available(sock, names, MONITOR_CHUNK)
         if changes:
             yield changes
 
