@@ -291,3 +291,25 @@ def test_a_chase_keeps_the_quiet_period_and_networkd_off_the_bus_is_not_chased()
     gone = up(chase=True)
     gone, out = run(gone, [(1.0, OwnerChanged(None)), (1.1, Lost(4, "networkd"))])
     assert out[-1] == (1.1, Wake(6.0))  # absent_grace, as before: nobody is configuring anything
+
+
+def test_a_suspect_with_a_delay_re_reads_no_sooner_and_a_loss_meanwhile_is_replayed_at_once():
+    """An address going (networkd starting a link's configure) is re-read for silently flushed
+    routes only after a grace: the wipe that follows is not held up by a dump."""
+    state = up()
+    state, out = run(state, [(1.0, Suspect("address-removed:eth1", 0.05))])
+    assert out == [(1.0, Wake(1.05))]
+    state, out = run(state, [(1.01, Lost(3, "networkd"))])
+    assert out == [(1.01, Replay("address-removed:eth1"))]
+    state, out = run(state, [(1.02, Done())])
+    assert out == [(1.02, Wake(1.05))]
+    state, out = run(state, [(1.05, Tick())])
+    assert out == [(1.05, Verify("address-removed:eth1"))]
+
+
+def test_networkd_configuring_after_a_suspect_re_reads_once_settled_without_the_grace():
+    state = up()
+    state, out = run(state, [(1.0, Suspect("address-removed:eth1", 0.05)),
+                             (1.001, LinkChanged(A, 2, "configuring", "eth1")),
+                             (1.01, LinkChanged(A, 2, "configured"))])
+    assert out[-1] == (1.01, Verify("address-removed:eth1"))

@@ -53,6 +53,7 @@ class State:
     lost: int = 0  # repairable losses not yet handed to a replay
     last_loss: float = -math.inf
     verify: bool = False  # networkd was busy: re-read the kernel once it settles
+    verify_after: float = -math.inf  # and not before this (a Suspect's delay)
     busy: bool = False  # a replay or verification is running
     trigger: str | None = None  # why the next replay happens (first cause since the last one)
     chases: int = 0  # replays while networkd was busy, in this busy spell
@@ -93,9 +94,11 @@ class Lost:
 
 @dataclass(frozen=True, slots=True)
 class Suspect:
-    """The kernel view may be stale (monitor overrun, config reload): re-read it once settled."""
+    """The kernel view may be stale (monitor overrun, config reload): re-read it once settled,
+    and not before `delay` seconds from now."""
 
     reason: str
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +227,9 @@ def _apply(state: State, event: Event, now: float) -> State:
             s = _cause(s, f"{what}:{event.name or event.index}")
         if event.state == "configuring":
             # The wipe happens while a link is configured. A new pod veth only passes through
-            # pending on its way to unmanaged: no reason to re-read the kernel for that.
-            s = replace(s, verify=True)
+            # pending on its way to unmanaged: no reason to re-read the kernel for that. The
+            # re-read comes once it settles, whatever grace a Suspect asked for before.
+            s = replace(s, verify=True, verify_after=-math.inf)
         return s
     if isinstance(event, LinkRemoved):
         if event.index not in state.links:
@@ -240,7 +244,8 @@ def _apply(state: State, event: Event, now: float) -> State:
             return state
         return _cause(replace(state, lost=state.lost + event.count, last_loss=now), event.cause)
     if isinstance(event, Suspect):
-        return _cause(replace(state, verify=True), event.reason)
+        after = max(state.verify_after, now + event.delay)
+        return _cause(replace(state, verify=True, verify_after=after), event.reason)
     if isinstance(event, Reconfigured):
         return _cause(replace(state, params=event.params, verify=True), "reload")
     if isinstance(event, Done):
@@ -281,6 +286,8 @@ def _drive(state: State, now: float) -> tuple[State, list[Action]]:
         if now < ready_at:
             return state, [Wake(ready_at)]
         return replace(state, lost=0, busy=True, trigger=None if not state.verify else trigger), [Replay(trigger)]
+    if now < state.verify_after:
+        return state, [Wake(state.verify_after)]
     return replace(state, verify=False, busy=True, trigger=None), [Verify(trigger)]
 
 

@@ -44,22 +44,23 @@ class Chaser:
         await r.lock_replays()
         try:
             while True:
-                svc.inbox.catch_up(read_socket)  # the echoes say what is back; networkd's next deletions join
                 t = svc.tracker
                 p = plan_rules(t.chase_order(), t.liveness(r.managed()),
                                r.holds.excluded() | self.tired | held_back.keys(), CHUNK)
                 r.drop_dead(p)
                 held_back.update((s.entry, s) for s in p.held_back)
-                if not p.rules:
-                    if read_socket:
-                        break
+                if p.rules:
+                    read_socket = False
+                    out = await r.send(p, trigger)
+                    total.add(out)
+                    rules += p.rules
+                    self._chased(p.rules)
+                elif read_socket:
+                    break
+                else:
                     read_socket = True
-                    continue
-                read_socket = False
-                out = await r.send(p, trigger)
-                total.add(out)
-                rules += p.rules
-                self._chased(p.rules)
+                # networkd's next deletions join (the first batch went with what was known)
+                svc.inbox.catch_up(read_socket)
         finally:
             fcntl.flock(r.replay_lock, fcntl.LOCK_UN)
         svc.counters.chases += 1

@@ -40,6 +40,10 @@ from .saver import Saver, Writes
 log = logging.getLogger(__name__)
 
 NETLINK_RETRY = 1.0  # after a dump or batch failed twice in a row
+# A link losing its address is re-read for silently flushed routes this long after, not at once:
+# networkd takes the address away as it starts a link's configure, before its D-Bus signal says
+# so, and a re-read then (a dump of thousands of rules) would hold up the chase of its wipe.
+ADDRESS_GRACE = 0.05
 
 __all__ = ["Counters", "NetworkdSocketGone", "Reload", "Service"]
 
@@ -191,7 +195,7 @@ class Service:
             device = gone.pop()
             log.info("%s lost an address: the kernel may have dropped the protected routes through it; "
                      "re-reading the kernel", device)
-            await self._step(decide.Suspect(f"address-removed:{device}"))
+            await self._step(decide.Suspect(f"address-removed:{device}", ADDRESS_GRACE))
 
     def _spell(self, was: decide.State) -> None:
         """The end of a busy spell that was chased: said in one line; the chase starts afresh."""
