@@ -287,3 +287,28 @@ def test_a_route_with_host_bits_is_refused_as_the_kernel_refuses_it():
     doc["routes"][0]["dst"] = "10.0.1.1/24"
     with pytest.raises(FormatError, match=r"not a canonical IPv4 prefix \(that would be '10.0.1.0/24'\)"):
         snapshot_from_json(doc)
+
+
+def test_the_monitor_does_not_read_back_the_echoes_of_its_own_additions():
+    """Issue 13: a batch's acks are the news (Tracker.added_by_us); decoding its echoes again
+    cost the chase as much as reading networkd's deletions. Its deletions are still read (an
+    orphan removed, a rollback), and so is everyone else's."""
+    from netd_hook.adapters.netlink import read_available
+    from netd_hook.adapters.netlink.encode import encode_rule
+    from netd_hook.adapters.netlink.wire import HDR, RTM_DELRULE, RTM_NEWRULE
+
+    def sent_by(port: int, mtype: int, rule) -> bytes:
+        msg = encode_rule(rule, mtype, 0)
+        length, t, flags, seq, _ = HDR.unpack_from(msg)
+        return HDR.pack(length, t, flags, seq, port) + msg[HDR.size:]
+
+    ours, cni = 777, 4242
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rules = pod_rules("10.1.1.5", 2)
+    with a, b:
+        b.setblocking(False)
+        for datagram in (sent_by(ours, RTM_NEWRULE, rules[0]), sent_by(cni, RTM_NEWRULE, rules[1]),
+                         sent_by(ours, RTM_DELRULE, rules[0])):
+            a.send(datagram)
+        got = read_available(b, {}, echoes_of=ours)
+    assert [(c.new, c.item, c.port) for c in got if c is not None] == [(True, rules[1], cni), (False, rules[0], ours)]

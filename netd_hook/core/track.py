@@ -158,6 +158,15 @@ class Tracker:
             else:
                 self.present_routes.add(entry)
 
+    def added_by_us(self, entries: Collection[Entry]) -> None:
+        """What a batch of ours added, as its acks say: what the echoes would tell (they are not
+        read back). A deletion read after this takes an entry away again."""
+        for entry in entries:
+            if isinstance(entry, Rule):
+                self._mark_restored(entry, True)
+                self.gone.pop(entry, None)
+        self.mark_present(entries)
+
     def apply(self, change: Change, cause: Cause) -> bool:
         """Apply one notification; True when it is a repairable loss of a protected entry."""
         item = change.item

@@ -5,6 +5,7 @@ netlink change received so far is older than the decision being made (`catch_up`
 from __future__ import annotations
 
 import math
+import select
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -63,12 +64,18 @@ class Inbox:
             except anyio.WouldBlock:
                 return held
 
+    def unread(self) -> bool:
+        """Something is queued for the loop, or waits in the monitor socket (not read here)."""
+        if self.rx.statistics().current_buffer_used:
+            return True
+        return bool(select.select([self.svc.mon], [], [], 0)[0])
+
     def pending(self, read_socket: bool = True) -> list[Event]:
         """Everything queued for the loop, then what the monitor socket holds, in that order
         (queued events are older)."""
         held = self._queued()
         if read_socket:
-            held.extend(netlink.read_available(self.svc.mon, self.svc.tracker.links))
+            held.extend(netlink.read_available(self.svc.mon, self.svc.tracker.links, echoes_of=self.svc.echo_port))
         return flatten(held)
 
     def catch_up(self, read_socket: bool = True) -> None:

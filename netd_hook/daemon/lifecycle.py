@@ -59,6 +59,7 @@ class Lifecycle:
             dump_sock = netlink.open_socket()
             stack.callback(dump_sock.close)
             svc.attribution.own_ports = frozenset(netlink.port_of(s) for s in (mon, batch_sock, dump_sock))
+            svc.echo_port = netlink.port_of(batch_sock)
             svc.networkd.log_sockets()
             svc.repairer.writer = BatchWriter(batch_sock)
             svc.repairer.dump_sock = dump_sock
@@ -136,7 +137,7 @@ class Lifecycle:
                     task_status=task_status)
 
     async def _monitor(self, sock: Any) -> None:
-        async for changes in netlink.monitor(sock, self.svc.tracker.links):
+        async for changes in netlink.monitor(sock, self.svc.tracker.links, self.svc.echo_port):
             self.svc.inbox.put(changes)  # one list per wake-up: a wipe is thousands of messages
 
     async def _signals(self, scope: anyio.CancelScope) -> None:

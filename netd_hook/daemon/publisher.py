@@ -87,10 +87,10 @@ class Publisher:
         # Only from a consistent picture: netlink changes still unread (our own batch's echoes
         # among them) are queued for the loop first, in order, and publishing waits for them.
         svc, writes = self.svc, self.svc.writes
-        held = svc.inbox.pending()
-        if held:
-            svc.inbox.backlog.extend(held)
-            self.publish_at = now  # right after the loop has handled them
+        if svc.inbox.unread():
+            # Right after the loop has handled them: reading them here (a wipe's thousands of
+            # deletions) would hold up the loop's chase of that very wipe.
+            self.publish_at = now
             return
         self.publish_at = None
         missing, held_back = svc.repairer.missing()

@@ -141,10 +141,10 @@ class Repairer:
         # The kernel has what it answered EEXIST for, whatever our view said (an add of ours or of
         # networkd's whose notification we read before the dump that missed it, say): without
         # this, status would call it missing for good, with nothing left to trigger a repair.
-        # What it acked is there too (its echo, read next, says the same; a deletion read after
-        # that echo takes it away again).
+        # What it acked is there too: its echo is not read back (a deletion read after this takes
+        # it away again).
         svc.tracker.mark_present(out.existed)
-        svc.tracker.mark_present(out.restored)
+        svc.tracker.added_by_us(out.restored)
         if out.rollbacks and out.set_aside:
             entry, err = out.set_aside[0]
             svc.audit.emit(rollback_audit(trigger, entry.describe(), err, out.rolled_back, failed=len(out.set_aside)))

@@ -89,6 +89,7 @@ class Service:
         self._rewiped_before = 0  # counters.chase_rewiped when the last busy spell ended
         self.tracker: Tracker  # the kernel view and the snapshot: set by lifecycle, once dumped
         self.mon: Any  # the netlink monitor socket: set by lifecycle
+        self.echo_port: int | None = None  # the batch socket's: its additions' echoes are not read back
         self.networkd = NetworkdIdentity(self, networkd_sockets)
         self.publisher = Publisher(self)
         self.writes = Writes(self.counters, lambda: self.notifier.send(status=self.publisher.status()))

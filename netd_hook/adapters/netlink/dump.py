@@ -142,10 +142,12 @@ def _drain(sock: socket.socket) -> None:
                 raise
 
 
-def read_available(sock: socket.socket, names: dict[int, str], limit: float = math.inf) -> list[Change | None]:
+def read_available(sock: socket.socket, names: dict[int, str], limit: float = math.inf,
+                   echoes_of: int | None = None) -> list[Change | None]:
     """What the monitor socket holds now (all of it, or the first `limit` datagrams), without
     blocking; None marks an overrun (ENOBUFS: the kernel dropped notifications, so the caller
-    must re-dump)."""
+    must re-dump). The echoes of rules and routes added through the port `echoes_of` are not
+    decoded (the caller took their acks as the news: Tracker.added_by_us)."""
     out: list[Change | None] = []
     read = 0
     while read < limit:
@@ -159,10 +161,20 @@ def read_available(sock: socket.socket, names: dict[int, str], limit: float = ma
             continue
         if data is None:
             return out
+        if echoes_of is not None and _is_echo(data, echoes_of):
+            continue
         for mtype, _flags, _seq, port, item in decode(data, names):
             if item is not None:
                 out.append(Change(mtype in (RTM_NEWRULE, RTM_NEWROUTE, RTM_NEWLINK), item, port))
     return out
+
+
+def _is_echo(data: bytes, port: int) -> bool:
+    """One notification, of a rule or route added by `port`."""
+    if len(data) < HDR.size:
+        return False
+    length, mtype, _flags, _seq, sender = HDR.unpack_from(data)
+    return sender == port and length == len(data) and mtype in (RTM_NEWRULE, RTM_NEWROUTE)
 
 
 # Notifications handed on at a time: the loop acts on the first deletions of a wipe (the chase
@@ -170,12 +182,13 @@ def read_available(sock: socket.socket, names: dict[int, str], limit: float = ma
 MONITOR_CHUNK = 64
 
 
-async def monitor(sock: socket.socket, names: dict[int, str]) -> AsyncIterator[list[Change | None]]:
+async def monitor(sock: socket.socket, names: dict[int, str],
+                  echoes_of: int | None = None) -> AsyncIterator[list[Change | None]]:
     """Yield what a socket bound to MONITOR_GROUPS receives, at most MONITOR_CHUNK datagrams at a
-    time (the caller reads the rest at once when it must: Inbox.catch_up)."""
+    time (the caller reads the rest at once when it must: Inbox.catch_up); as read_available."""
     while True:
         await anyio.wait_readable(sock)
-        changes = read_available(sock, names, MONITOR_CHUNK)
+        changes = read_available(sock, names, MONITOR_CHUNK, echoes_of)
         if changes:
             yield changes
 
