@@ -70,15 +70,15 @@ class Inbox:
             return True
         return bool(select.select([self.svc.mon], [], [], 0)[0])
 
-    def pending(self, read_socket: bool = True) -> list[Event]:
-        """Everything queued for the loop, then what the monitor socket holds, in that order
-        (queued events are older)."""
+    def pending(self, read: float = math.inf) -> tuple[list[Event], bool]:
+        """Everything queued for the loop, then what the monitor socket holds (up to `read`
+        datagrams), in that order (queued events are older); and whether that drained it."""
         held = self._queued()
-        if read_socket:
-            held.extend(netlink.read_available(self.svc.mon, self.svc.tracker.links, echoes_of=self.svc.echo_port))
-        return flatten(held)
+        changes, drained = netlink.read_some(self.svc.mon, self.svc.tracker.links, read, self.svc.echo_port)
+        held.extend(changes)
+        return flatten(held), drained
 
-    def catch_up(self, read_socket: bool = True) -> None:
+    def catch_up(self, read: float = math.inf) -> bool:
         """Bring the kernel view up to date before planning a replay or re-reading the kernel.
 
         networkd's D-Bus signals and the kernel's netlink notifications travel on two sockets:
@@ -92,19 +92,22 @@ class Inbox:
         view saying "missing" about an entry the kernel has. Other events keep their order: the
         batch's in the batch, the rest in the backlog.
 
-        A chase (chaser.py) leaves the socket to the monitor until its last batch (`read_socket`
-        False): it puts back only deletions it has seen networkd make, which nothing unread can
-        make deliberate (a rule gone cannot be deleted again); a pod that went meanwhile gets its
-        rules removed again once its host route's deletion is read (orphans).
+        A chase (chaser.py) reads the socket `read` datagrams at a time, a batch between two: it
+        puts back only deletions it has seen networkd make, which nothing unread can make
+        deliberate (a rule gone cannot be deleted again); a pod that went meanwhile gets its
+        rules removed again once its host route's deletion is read (orphans). Returns whether
+        the socket is drained.
         """
         attribution = self.svc.attribution
         lost: dict[str, int] = {}
         rest: deque[Event] = deque()
         self._absorb(self.batch, lost, rest.append)
         self.batch = rest
-        self._absorb(self.pending(read_socket), lost, self.backlog.append)
+        events, drained = self.pending(read)
+        self._absorb(events, lost, self.backlog.append)
         attribution.count_losses(lost)  # what they lost is in the plan or dump about to be made
         attribution.log_forgets()
+        return drained
 
     def _absorb(self, events: Iterable[Event], lost: dict[str, int], keep: Callable[[Event], None]) -> None:
         """Apply the netlink changes among `events` (what they lost is in the plan about to be

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from ..commands import ops
 from ..core.apply import Outcome, Writer, execute
 from ..core.links import managed_names
 from ..core.model import Entry
-from ..core.plan import Plan, gate_route, gate_rule, plan
+from ..core.plan import HeldBack, Plan, gate_route, gate_rule, plan
 from .chaser import Chaser
 from .holds import Holds
 
@@ -108,7 +109,7 @@ class Repairer:
         # without a word (networkd re-adds its address): send every protected route along in
         # this first batch. They are few, and EEXIST counts as present.
         p = self.plan(trust_routes=not svc.state.verify)
-        self.drop_dead(p)
+        self.drop_dead(p.held_back)
         if not len(p):
             if p.held_back:
                 self.record(trigger, started, p, None)
@@ -124,11 +125,11 @@ class Repairer:
             return
         self.record(trigger, started, p, out)
 
-    def drop_dead(self, p: Plan) -> None:
+    def drop_dead(self, held_back: Collection[HeldBack]) -> None:
         """What the gate holds back is logged; the rules of pods gone for good are forgotten."""
-        for s in p.held_back:
+        for s in held_back:
             log.info("not restoring %s: %s", s.entry.describe(), s.reason)
-        self.svc.tracker.unprotect(s.entry for s in p.held_back if s.dead)
+        self.svc.tracker.unprotect(s.entry for s in held_back if s.dead)
 
     async def send(self, p: Plan, trigger: str) -> Outcome:
         """One plan as one batch (and its rollbacks), under the replay lock the caller holds."""

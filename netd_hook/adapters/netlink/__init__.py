@@ -25,6 +25,7 @@ from .dump import DUMP_RETRY_DELAY as DUMP_RETRY_DELAY
 from .dump import dump_sync as dump_sync
 from .dump import monitor as monitor
 from .dump import read_available as read_available
+from .dump import read_some as read_some
 from .encode import Encoder as Encoder
 from .encode import delete_request as delete_request
 from .encode import encode_route as encode_route

@@ -148,6 +148,12 @@ def read_available(sock: socket.socket, names: dict[int, str], limit: float = ma
     blocking; None marks an overrun (ENOBUFS: the kernel dropped notifications, so the caller
     must re-dump). The echoes of rules and routes added through the port `echoes_of` are not
     decoded (the caller took their acks as the news: Tracker.added_by_us)."""
+    return read_some(sock, names, limit, echoes_of)[0]
+
+
+def read_some(sock: socket.socket, names: dict[int, str], limit: float,
+              echoes_of: int | None = None) -> tuple[list[Change | None], bool]:
+    """read_available, and whether the socket is drained (it held fewer than `limit`)."""
     out: list[Change | None] = []
     read = 0
     while read < limit:
@@ -160,13 +166,13 @@ def read_available(sock: socket.socket, names: dict[int, str], limit: float = ma
             out.append(None)
             continue
         if data is None:
-            return out
+            return out, True
         if echoes_of is not None and _is_echo(data, echoes_of):
             continue
         for mtype, _flags, _seq, port, item in decode(data, names):
             if item is not None:
                 out.append(Change(mtype in (RTM_NEWRULE, RTM_NEWROUTE, RTM_NEWLINK), item, port))
-    return out
+    return out, False
 
 
 def _is_echo(data: bytes, port: int) -> bool:
