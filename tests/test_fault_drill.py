@@ -121,17 +121,18 @@ def test_a_monitor_overrun_during_the_wipe(node: Lab, tmp_path: Path) -> None:
 
 
 def test_the_batch_answered_with_an_error_mid_way(node: Lab, tmp_path: Path) -> None:
-    """The 2,500th rule of the repair batch fails in the kernel: what the batch added is rolled
-    back, the rest sent again without it, and the failed one put back by the next pass."""
+    """The 150th rule of a repair batch (the chase's are 200 rules at most) fails in the kernel:
+    what the batch added is rolled back, the rest sent again without it, and the failed one put
+    back by the next pass."""
     want = without(healthy(node), GONE)
-    with Daemon(node, tmp_path / "state", argv=DRILL, env={"NETD_HOOK_DRILL_FAIL_RULE": "2500"}) as d:
+    with Daemon(node, tmp_path / "state", argv=DRILL, env={"NETD_HOOK_DRILL_FAIL_RULE": "150"}) as d:
         before = len(journal_repairs(node))
         node.run("networkctl", "reconfigure", "eth1")
         node.del_pods(GONE)
         node.wait_settled()
         new = drilled(node, d, want, before, "repair after a failure mid-batch")
-        # the batch with a 2,500th rule: the first repair, or the second when the daemon saw the
-        # wipe in two parts (notifications, then a verification)
+        # the repair with that batch: the chase, or the one after it when the daemon saw the wipe
+        # in two parts (notifications, then a verification)
         failed = [e for e in new if e["NETD_HOOK_ROLLBACKS"] == "1"]
         assert len(failed) == 1 and failed[0]["NETD_HOOK_SET_ASIDE"] == "1", new
         rollback = node.wait_journal(ME, f"MESSAGE_ID={journal.MESSAGE_IDS['rollback']}")[0]
