@@ -145,7 +145,7 @@ def test_rules_we_restored_for_a_pod_that_then_goes_away_are_taken_out_again():
         t.apply(Change(False, r, NETWORKD_PORT), Cause.NETWORKD)
         t.apply(Change(True, r, OUR_PORT), Cause.SELF)
     t.apply(Change(False, HostRoute("10.1.1.5", "eni1"), 0), Cause.KERNEL)  # the pod's veth is gone
-    assert sorted(t.orphans, key=lambda r: r.priority) == [rule512, rule1536]
+    assert sorted(t.restored.orphans, key=lambda r: r.priority) == [rule512, rule1536]
     assert rule512 not in t.rules and rule1536 not in t.rules
 
 
@@ -156,7 +156,7 @@ def test_rules_someone_else_added_are_never_ours_to_remove():
     t.apply(Change(True, rule512, OUR_PORT), Cause.SELF)
     t.apply(Change(True, rule512, CNI_PORT), Cause.OTHER)  # the CNI re-asserted it (EEXIST or a new pod)
     t.apply(Change(False, Link(4, "eni1"), 0), Cause.KERNEL)
-    assert t.orphans == []
+    assert t.restored.orphans == []
 
 
 def test_a_pod_that_vanished_between_two_dumps_is_an_orphan_too():
@@ -165,7 +165,7 @@ def test_a_pod_that_vanished_between_two_dumps_is_an_orphan_too():
     t.apply(Change(False, rule512, NETWORKD_PORT), Cause.NETWORKD)
     t.apply(Change(True, rule512, OUR_PORT), Cause.SELF)
     t.load(Dump(rules=[rule512], links=[Link(2, "eth0")]))  # no host route for 10.1.1.5 any more
-    assert t.orphans == [rule512]
+    assert t.restored.orphans == [rule512]
     assert rule512 not in t.rules  # forgotten, not protected again by the merge of the same dump
 
 
@@ -198,12 +198,12 @@ def test_the_eni_primary_rule_is_never_an_orphan_while_its_address_is_briefly_aw
     t.load(Dump(rules=[*NODE_RULES, *pod_rules("10.1.1.5", 2)], routes=eni_routes(1),
                 host_routes=[HostRoute("10.1.1.5", "eni1")],
                 links=[Link(2, "eth0"), Link(3, "eth1"), Link(4, "eni1")]))
-    assert t.orphans == [] and eni_rule in t.rules
+    assert t.restored.orphans == [] and eni_rule in t.rules
     t.apply(Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD)
-    assert t.orphans == [] and eni_rule in t.rules
+    assert t.restored.orphans == [] and eni_rule in t.rules
     # only its ENI going away for good ends it (and even then netd-hook deletes nothing)
     t.apply(Change(False, Link(3, "eth1"), 0), Cause.KERNEL)
-    assert t.orphans == []
+    assert t.restored.orphans == []
 
 
 def test_a_re_dump_does_not_protect_again_an_orphan_queued_for_removal() -> None:
@@ -223,7 +223,7 @@ def test_a_re_dump_does_not_protect_again_an_orphan_queued_for_removal() -> None
     t.apply(Change(False, r512, 1), Cause.NETWORKD)  # networkd's wipe
     t.apply(Change(True, r512, 77), Cause.SELF)  # netd-hook's replay
     t.apply(Change(False, HostRoute(x, "enia"), 55), Cause.OTHER)  # CNI DEL: the host route
-    assert t.orphans == [r512] and not t.protects(r512)
+    assert t.restored.orphans == [r512] and not t.protects(r512)
     t.load(Dump(rules=[r512], links=[Link(9, "enia")]))  # the verification, before the removal is sent
     t.apply(Change(False, r512, 77), Cause.SELF)  # the removal's echo
     assert not t.protects(r512) and r512 not in t.snapshot().rules

@@ -40,6 +40,36 @@ def classify(port: int, own_ports: Collection[int], is_networkd: Callable[[int],
     return Cause.OTHER
 
 
+class Restored:
+    """The pod rules in the kernel because netd-hook itself put them back, by pod address, until
+    anyone else touches them; and, of those, the orphans: their pod has gone since (networkd
+    wiped them, the CNI's own deletes then found nothing, and the pod went away before or
+    during the replay), so netd-hook takes them out again: the CNI will not."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, set[Rule]] = {}
+        self.orphans: list[Rule] = []  # to delete
+
+    def touched(self, rule: Rule, ours: bool, node_address: Callable[[str], bool]) -> None:
+        """A rule keyed on one of the node's own addresses (the ENI-primary 32765 rule) is never
+        a pod's: it is not remembered, so it can never be taken for an orphan."""
+        addr = rule.host_address()
+        if addr is None:
+            return
+        if ours and not node_address(addr):
+            self.by_address.setdefault(addr, set()).add(rule)
+        elif addr in self.by_address:
+            self.by_address[addr].discard(rule)
+            if not self.by_address[addr]:
+                del self.by_address[addr]
+
+    def pod_gone(self, addr: str, present: Collection[Rule]) -> set[Rule]:
+        """The rules netd-hook put back for the pod behind `addr`; those in the kernel are orphans."""
+        rules = self.by_address.pop(addr, set())
+        self.orphans.extend(r for r in rules if r in present)
+        return rules
+
+
 class Tracker:
     """Mutable by design (10,000 entries, thousands of events per burst), deterministic, I/O-free."""
 
@@ -55,8 +85,7 @@ class Tracker:
         self.host_routes: dict[str, set[str]] = {}
         self.local_addresses: dict[str, set[str]] = {}
         self.node_addresses: dict[str, set[str]] = {}  # ever configured, on devices that still exist
-        self.restored: dict[str, set[Rule]] = {}  # pod rules in the kernel because we replayed them
-        self.orphans: list[Rule] = []  # of those, the ones whose pod is gone: delete them
+        self.restored = Restored()
         self.unsupported = 0
         # Protected rules seen deleted (repairably) and not back yet, oldest deletion first: the
         # order a chase puts them back in, so that the first one gone is the first one back.
@@ -135,14 +164,14 @@ class Tracker:
         for addr in [a for a, devs in self.node_addresses.items() if not devs & devices]:
             del self.node_addresses[addr]
         self.unsupported = dump.unsupported
-        queued = set(self.orphans)  # forgotten, their removal not sent yet: not the CNI's rules
+        queued = set(self.restored.orphans)  # forgotten, their removal not sent yet: not the CNI's rules
         for rule in dump.rules:
             if rule not in queued:
                 self._protect_rule(rule)
         for route in dump.routes:
             self._protect_route(route)
         # After merging: an orphan's rules are in the dump, and must end up forgotten, not re-protected.
-        for addr in list(self.restored):  # pods that went away between two views
+        for addr in list(self.restored.by_address):  # pods that went away between two views
             self._orphan(addr)
 
     def chase_order(self) -> list[Rule]:
@@ -209,28 +238,13 @@ class Tracker:
         return False
 
     def _mark_restored(self, rule: Rule, ours: bool) -> None:
-        """Remember the pod rules netd-hook itself put back, until anyone else touches them.
-        A rule keyed on one of the node's own addresses (the ENI-primary 32765 rule) is never a
-        pod's: it is not remembered, so it can never be taken for an orphan."""
-        addr = rule.host_address()
-        if addr is None:
-            return
-        if ours and addr not in self.node_addresses and addr not in self.local_addresses:
-            self.restored.setdefault(addr, set()).add(rule)
-        elif addr in self.restored:
-            self.restored[addr].discard(rule)
-            if not self.restored[addr]:
-                del self.restored[addr]
+        self.restored.touched(rule, ours, lambda a: a in self.node_addresses or a in self.local_addresses)
 
     def _orphan(self, addr: str) -> None:
-        """The pod behind `addr` is gone. If its rules are in the kernel only because netd-hook
-        replayed them (networkd wiped them, the CNI's own deletes then found nothing and the
-        pod went away before or during the replay), take them out again: the CNI will not."""
+        """The pod behind `addr` may be gone (Restored)."""
         if addr in self.host_routes or addr in self.local_addresses or addr in self.node_addresses:
             return  # a pod still there, or the node's own address (away for a moment at most)
-        rules = self.restored.pop(addr, set())
-        self.orphans.extend(r for r in rules if r in self.present_rules)
-        self.unprotect(rules)
+        self.unprotect(self.restored.pod_gone(addr, self.present_rules))
 
     def _lost(self, entry: Entry, cause: Cause) -> bool:
         if not self.protects(entry):

@@ -192,7 +192,7 @@ class Repairer:
 
     async def remove_orphans(self) -> None:
         svc = self.svc
-        orphans, svc.tracker.orphans = svc.tracker.orphans, []
+        orphans, svc.tracker.restored.orphans = svc.tracker.restored.orphans, []
         result = await self.writer.send([self.delete_request(r) for r in orphans],
                                         svc.cfg.replay.ack_timeout_ms / 1000)
         svc.counters.orphans_removed += len(result.acked)

@@ -130,7 +130,7 @@ class Service:
             self.attribution.note_busy(now)
             if self.networkd.socket_gone:
                 return
-            if self.tracker.orphans:
+            if self.tracker.restored.orphans:
                 await self.repairer.remove_orphans()
             if self.tracker.fresh:
                 self.repairer.warm()
