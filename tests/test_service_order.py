@@ -330,3 +330,21 @@ def test_without_chase_networkds_deletions_wait_for_it_to_settle(tmp_path: Path,
     _kernel_without(svc, gone)
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
     assert writer.sent[:1] == [2] and svc.counters.chases == 0
+
+
+def test_a_chase_forgets_nothing_a_pod_veth_still_pending_is_decided_once_networkd_settles(
+        tmp_path: Path, kept: list[Any]) -> None:
+    """Found on a booted Debian 13 node: a networkd restart lists every pod veth `pending` until
+    it has looked at it, and a pending link counts as managed, so the liveness gate called those
+    pods gone: the chase dropped their rules for good. While networkd is busy nothing is
+    forgotten; once it has settled (the veth `unmanaged`), the rules go back."""
+    svc, writer, tracker = _service(tmp_path, kept)
+    _chasing(svc, 8)
+    svc.state = replace(svc.state, links={ETH1: "configuring", 9: "pending"})  # 9: the pods' veth
+    gone = set(pod_rules("10.1.1.6", 2))
+    anyio.run(svc._handle, [Change(False, r, NETWORKD_PORT) for r in gone], 0.0)
+    assert writer.sent == [] and gone <= tracker.rules  # held back, not forgotten
+    _kernel_without(svc, gone)
+    anyio.run(svc._handle, [decide.LinkChanged(OWNER, 9, "unmanaged"), decide.LinkChanged(OWNER, ETH1, "configured")],
+              0.0)
+    assert writer.sent[:1] == [2] and gone <= tracker.rules and svc.counters.skipped_dead == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..core.apply import Outcome
@@ -48,8 +49,14 @@ class Chaser:
                 # What the gate holds back is tried again each time: a node address coming back
                 # mid-chase brings its 32765 rule back with the next batch.
                 p = plan_rules(t.chase_order(), t.liveness(r.managed()), r.holds.excluded() | self.tired, CHUNK)
-                r.drop_dead([h for h in p.held_back if h.entry not in held_back])  # said once
-                held_back.update((h.entry, h) for h in p.held_back)
+                # Nothing is forgotten while networkd is busy: the links it has not decided about
+                # yet (a pod's veth `pending` while a new networkd starts) count as managed, so
+                # the gate can call a live pod gone. Held back for now; the repair once networkd
+                # has settled decides (and forgets what is dead then).
+                for h in p.held_back:
+                    if h.entry not in held_back:
+                        log.info("not restoring %s while networkd is busy: %s", h.entry.describe(), h.reason)
+                        held_back[h.entry] = replace(h, dead=False)
                 for rule in p.rules:
                     held_back.pop(rule, None)
                 if p.rules:
