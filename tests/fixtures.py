@@ -32,14 +32,3 @@ KERNEL_RULES = [
 ]
 NETWORKD_RULE = Rule(AF_INET, 100, 10, src="192.168.0.0/16", protocol=4)
 
-
-class DatagramRecvInto:
-    """`recv_into` for a fake socket that has `recv`: one queued datagram into the caller's buffer."""
-
-    def recv(self, size: int) -> bytes:
-        raise NotImplementedError
-
-    def recv_into(self, buf: bytearray, size: int) -> int:
-        data = self.recv(size)
-        buf[:len(data)] = data
-        return len(data)

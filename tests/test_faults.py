@@ -33,7 +33,6 @@ from netd_hook.adapters import netlink, store
 from netd_hook.core.model import Route, Rule, Snapshot
 from netd_hook.core.status_doc import Status, from_json, to_json
 from tests.daemon import Daemon, wait_until
-from tests.fixtures import DatagramRecvInto
 from tests.lab import Lab
 
 ROOT_AND_NETWORKD = pytest.mark.skipif(
@@ -180,7 +179,7 @@ def test_saving_on_a_full_file_system_fails_cleanly_and_works_once_space_returns
 # The dump retry (finding 6), against a fake kernel ----------------------------------------------
 
 
-class FakeKernel(DatagramRecvInto):
+class FakeKernel:
     """A socket-like rtnetlink peer: answers each dump request with the items below, in datagrams
     of `per_datagram` messages, setting NLM_F_DUMP_INTR on a dump when `interrupt(what, n)` says
     so (`what`: "link", "rule4", "rule6", "route4", "route6"; `n`: how many times it was asked)."""

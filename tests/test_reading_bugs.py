@@ -34,7 +34,7 @@ from netd_hook.adapters.netlink import BatchResult, Dump, HostRoute, Link, Local
 from netd_hook.commands import cli, ops
 from netd_hook.core.model import AF_INET, Route, Snapshot
 from netd_hook.core.status_doc import Networkd, Status, from_json
-from tests.fixtures import NODE_RULES, DatagramRecvInto, eni_routes, pod_rules
+from tests.fixtures import NODE_RULES, eni_routes, pod_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 CANNOT = "cannot tell which links systemd-networkd manages, so cannot tell which pods are alive"
@@ -145,7 +145,7 @@ def test_diff_and_replay_in_a_namespace_say_they_cannot_tell_and_change_nothing(
 # A NetlinkError from the kernel dump -----------------------------------------------------------
 
 
-class FailingKernel(DatagramRecvInto):
+class FailingKernel:
     """A socket-like rtnetlink peer whose every dump is interrupted (NLM_F_DUMP_INTR), or refused
     with `error` (an errno, answered as NLMSG_ERROR)."""
 

@@ -26,7 +26,7 @@ from ...core.model import (
     AF_INET,
     AF_INET6,
 )
-from .sockets import _recv, recv_bytes
+from .sockets import _recv_kept
 from .wire import (
     _IFI_HDR,
     _RT_HDR,
@@ -114,7 +114,7 @@ def _dump_one(sock: socket.socket, mtype: int, body: bytes, names: dict[int, str
     items: list[Item] = []
     interrupted = False
     while True:
-        data = recv_bytes(sock, 1 << 20)
+        data = sock.recv(1 << 20)
         for rtype, flags, rseq, _port, item in decode(data, names):
             if rseq != seq:
                 continue
@@ -133,7 +133,7 @@ def _drain(sock: socket.socket) -> None:
     sock.setblocking(False)
     while True:
         try:
-            if not recv_bytes(sock, 1 << 20):
+            if not sock.recv(1 << 20):
                 return
         except BlockingIOError:
             return
@@ -159,7 +159,7 @@ def read_some(sock: socket.socket, names: dict[int, str], limit: float,
     while read < limit:
         read += 1
         try:
-            data = _recv(sock)
+            data = _recv_kept(sock)
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise NetlinkError(f"monitor: {exc}", exc.errno or 0) from exc
