@@ -13,11 +13,11 @@ with `chase`), while the link is still configuring. networkd deletes every forei
 pass at the start of a link's configure and takes a rule added after its pass for a new foreign
 one, left alone until its next pass; 249 makes a second pass on reconfigure, and `netplan apply`
 one per link, so what a pass deletes again is chased again (the repairer bounds how often one
-entry is, per busy spell). Routes are not chased (the
-kernel flushes a reconfigured link's table routes with its address, which networkd re-adds
-later): every busy spell ends with a re-read of the kernel once networkd has settled, and a
-replay of whatever is still missing. A loss seen while a replay is in flight is remembered and
-replayed right after it, so a burst always ends with everything back.
+entry is, per busy spell). Routes are not chased (the kernel flushes a reconfigured link's table
+routes with its address, which networkd re-adds later): every busy spell ends with a re-read of
+the kernel once networkd has settled, and a replay of whatever is still missing. A loss seen
+while a replay is in flight is remembered and replayed right after it, so a burst always ends
+with everything back.
 """
 
 from __future__ import annotations
