@@ -1,5 +1,5 @@
-"""bench.outage on hand-made observer events (not collected by the suite's testpaths: run it
-with ``python -m pytest bench/test_outage.py``)."""
+"""The benchmark's outage computation (bench/outage.py: each rule's outage, re-wipes, batches,
+networkd's pass) on hand-made observer events: the figures in README come from it."""
 
 from __future__ import annotations
 
