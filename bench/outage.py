@@ -1,5 +1,5 @@
 """Part 2's analysis, pure: one reconfigure's observer events in, its figures out. No I/O and
-nothing of the lab, so that bench/test_outage.py can check it on hand-made events.
+nothing of the lab, so that tests/test_bench_outage.py can check it on hand-made events.
 
 An event of ``bench.observer``'s rule list is ``(t, "N"|"D", key, priority, protocol, port,
 seq)``: ``key`` names one rule (its bytes), ``port`` and ``seq`` are the ``nlmsg_pid`` and
