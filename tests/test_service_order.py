@@ -319,7 +319,7 @@ def test_networkds_pass_is_chased_while_it_configures_and_an_entry_chased_too_of
     anyio.run(svc._handle, [decide.LinkChanged(OWNER, ETH1, "configured")], 0.0)
     assert writer.sent == [2, 2, 2] and gone <= tracker.rules
     chaser = svc.repairer.chaser
-    assert svc.state.chases == 0 and not chaser.chased and not chaser.tired  # the next spell starts afresh
+    assert svc.state.chases == 0 and not chaser.chased and not chaser.tired and chaser.rewiped == 0  # afresh
 
 
 def test_without_chase_networkds_deletions_wait_for_it_to_settle(tmp_path: Path, kept: list[Any]) -> None:

@@ -55,8 +55,7 @@ class Attribution:
             self.address_gone.add(item.oif)
         if tracker.apply(ev, cause):
             lost[cause.value] = lost.get(cause.value, 0) + 1
-            if item in self.svc.repairer.chaser.chased:  # a chase put it back, and this busy spell took it again
-                self.svc.counters.chase_rewiped += 1
+            self.svc.repairer.chaser.deleted(item)
         elif forgets:
             assert isinstance(item, (Rule, Route))
             self.svc.counters.forgotten_deliberate += 1

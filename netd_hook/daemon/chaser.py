@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+from collections.abc import Hashable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ class Chaser:
         self.repairer = repairer
         self.chased: dict[Entry, int] = {}  # put back while networkd was busy, this busy spell: how often
         self.tired: set[Entry] = set()  # chased chase_max times this spell: left for the re-read once settled
+        self.rewiped = 0  # entries chased back this spell that networkd deleted again
 
     async def run(self, trigger: str, started: float) -> None:
         r = self.repairer
@@ -87,7 +89,15 @@ class Chaser:
             log.warning("%d entries (e.g. %s) were put back %d times while networkd was busy ([replay] chase_max): "
                         "if deleted again, they wait for it to settle", len(tired), tired[0].describe(), limit)
 
+    def deleted(self, item: Hashable) -> None:
+        """A repairable loss (of `item`, or through it: a node address): a re-wipe when this
+        spell's chase had put `item` back."""
+        if item in self.chased:
+            self.rewiped += 1
+            self.repairer.svc.counters.chase_rewiped += 1
+
     def spell_over(self) -> None:
         self.chased.clear()
         self.tired.clear()
+        self.rewiped = 0
 

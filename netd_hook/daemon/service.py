@@ -86,7 +86,6 @@ class Service:
         self.bus = BusCounters()
         self.state = decide.State(params=params(cfg))
         self.wake_at: float | None = None
-        self._rewiped_before = 0  # counters.chase_rewiped when the last busy spell ended
         self.tracker: Tracker  # the kernel view and the snapshot: set by lifecycle, once dumped
         self.mon: Any  # the netlink monitor socket: set by lifecycle
         self.echo_port: int | None = None  # the batch socket's: its additions' echoes are not read back
@@ -201,10 +200,10 @@ class Service:
     def _spell(self, was: decide.State) -> None:
         """The end of a busy spell that was chased: said in one line; the chase starts afresh."""
         if was.chases and not self.state.chases:
+            chaser = self.repairer.chaser
             log.info("networkd settled after %d repairs while it was busy (%d entries deleted again after one)",
-                     was.chases, self.counters.chase_rewiped - self._rewiped_before)
-            self.repairer.chaser.spell_over()
-            self._rewiped_before = self.counters.chase_rewiped
+                     was.chases, chaser.rewiped)
+            chaser.spell_over()
 
     async def _step(self, event: decide.Event) -> None:
         """The one place the state machine changes: its actions are carried out by their owners."""
