@@ -18,16 +18,21 @@ from ...core.kernel import Link as Link
 from ...core.kernel import LocalAddress as LocalAddress
 from ...core.kernel import Unsupported as Unsupported
 from .sockets import _recv, grow_buffers
-from .wire import HDR, NLMSG_ERROR, NetlinkError
+from .wire import HDR, NLM_F_ACK, NLMSG_ERROR, NetlinkError
 
 ACK_ROOM = 1024  # receive buffer each ack costs (~830 bytes measured), rounded up
 
 
 class BatchWriter:
-    """Sends many requests in one sendmsg and collects one ack per message.
+    """Sends many requests in one sendmsg and collects what the kernel answers.
 
     The kernel processes every message of the buffer even after one fails, so the batch is not
     a transaction; `send` only reports, rollback is the caller's (see core/apply.py).
+
+    Only the last message asks for an ack (NLM_F_ACK). The kernel answers a failed message
+    whether asked or not, and answers in order, so once the last message's answer is in, every
+    message without an error before it succeeded. One ack instead of 2,000: each one is a
+    datagram the kernel builds (with a copy of the request) and Python receives and parses.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -45,7 +50,10 @@ class BatchWriter:
         offset = 0
         pack_into = struct.pack_into
         for i, m in enumerate(messages):
-            pack_into("=I", buf, offset + 8, base + i)  # nlmsg_seq: one per message
+            flags = struct.unpack_from("=H", buf, offset + 6)[0]
+            if i < n - 1:
+                flags &= ~NLM_F_ACK
+            pack_into("=HI", buf, offset + 6, flags, base + i)  # nlmsg_flags, nlmsg_seq: one per message
             offset += len(m)
         grow_buffers(self.sock, rcvbuf=n * ACK_ROOM + (1 << 16), sndbuf=len(buf) + (1 << 16))
         self._drain()
@@ -53,10 +61,9 @@ class BatchWriter:
             self.sock.send(buf)
         except OSError as exc:
             raise NetlinkError(f"batch send failed: {exc}", exc.errno or 0) from exc
-        pending = n
         seen = bytearray(n)
         with anyio.move_on_after(timeout) as scope:
-            while pending:
+            while not seen[n - 1]:
                 try:
                     data = _recv(self.sock)
                 except OSError as exc:
@@ -67,14 +74,17 @@ class BatchWriter:
                 if data is None:
                     await anyio.wait_readable(self.sock)
                     continue
-                pending -= self._acks(data, base, n, seen, result)
+                self._answers(data, base, n, seen, result)
         if scope.cancelled_caught:
-            result.unknown = f"timeout: {pending} of {n} acks missing after {timeout:.1f}s"
+            result.unknown = f"timeout: no answer to the last of {n} messages after {timeout:.1f}s"
+            return result
+        answered = set(result.existed).union(i for i, _ in result.failed)
+        result.acked = [i for i in range(n) if i not in answered]
         return result
 
     @staticmethod
-    def _acks(data: bytes, base: int, n: int, seen: bytearray, result: BatchResult) -> int:
-        got = 0
+    def _answers(data: bytes, base: int, n: int, seen: bytearray, result: BatchResult) -> None:
+        """The errors (and the last message's ack) in `data`, by message index, each once."""
         offset, end = 0, len(data)
         while offset + HDR.size <= end:
             length, mtype, _flags, seq, _port = HDR.unpack_from(data, offset)
@@ -83,16 +93,12 @@ class BatchWriter:
             i = seq - base
             if mtype == NLMSG_ERROR and 0 <= i < n and not seen[i]:
                 seen[i] = 1
-                got += 1
                 (code,) = struct.unpack_from("=i", data, offset + HDR.size)
-                if code == 0:
-                    result.acked.append(i)
-                elif code == -errno.EEXIST:
+                if code == -errno.EEXIST:
                     result.existed.append(i)
-                else:
+                elif code != 0:
                     result.failed.append((i, -code))
             offset += (length + 3) & ~3
-        return got
 
     def _drain(self) -> None:
         """Drop stale acks of an earlier batch that timed out. Dropped acks (ENOBUFS) are no
