@@ -138,6 +138,33 @@ def test_the_address_coming_back_is_a_reason_to_replay_and_its_device_going_away
     assert [s.dead for s in p.held_back if s.entry == NODE_RULES[2]] == [True]
 
 
+def test_an_address_coming_back_is_no_reason_to_replay_once_nothing_missing_is_keyed_on_it():
+    t = _tracker()
+    t.apply(Change(False, NODE_RULES[2], NETWORKD_PORT), Cause.NETWORKD)
+    t.apply(Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD)
+    t.unprotect([NODE_RULES[2]])  # the 32765 rule keyed on it is no longer protected (forgotten)
+    assert t.apply(Change(True, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD) is False
+    t.apply(Change(False, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD)
+    t.apply(Change(True, NODE_RULES[2], NETWORKD_PORT), Cause.NETWORKD)  # protected again, and present
+    assert t.apply(Change(True, LocalAddress("10.0.1.10", "eth1"), NETWORKD_PORT), Cause.NETWORKD) is False
+
+
+def test_the_chase_order_is_oldest_deletion_first_and_drops_what_came_back_as_it_goes():
+    t = _tracker()
+    first, second = pod_rules("10.1.1.5", 2)
+    for r in (second, NODE_RULES[0], first):
+        t.apply(Change(False, r, NETWORKD_PORT), Cause.NETWORKD)
+    t.apply(Change(True, NODE_RULES[0], NETWORKD_PORT), Cause.NETWORKD)  # back (networkd's own add)
+    t.mark_present([second])  # the kernel said EEXIST: back, though `gone` still lists it
+    assert list(t.chase_order()) == [first]
+    assert list(t.gone) == [first]  # the stale one was dropped on the way
+    t.apply(Change(False, second, NETWORKD_PORT), Cause.NETWORKD)
+    it = t.chase_order()
+    assert next(it) == first  # a caller that stops early: the rest is left as it was
+    del it
+    assert list(t.gone) == [first, second]
+
+
 def test_rules_we_restored_for_a_pod_that_then_goes_away_are_taken_out_again():
     t = _tracker()
     rule512, rule1536 = pod_rules("10.1.1.5", 2)

@@ -248,6 +248,53 @@ def test_detached_flags_are_not_part_of_a_rules_identity():
     assert item == rule
 
 
+def test_a_rule_message_is_decoded_once_per_body_and_the_memo_is_bounded(monkeypatch):
+    from netd_hook.adapters.netlink import wire
+
+    monkeypatch.setattr(wire, "_RULES", {})
+    monkeypatch.setattr(wire, "RULES_MEMO", 3)
+    calls: list[int] = []
+    real = wire.decode_rule
+    monkeypatch.setattr(wire, "decode_rule", lambda *a: calls.append(1) or real(*a))
+    rules = pod_rules("10.1.1.5", 2) + pod_rules("10.1.1.6", 2)
+    for mtype in (RTM_NEWRULE, RTM_DELRULE, RTM_DELRULE):  # the same body: decoded the first time only
+        assert [i[-1] for i in decode(encode_rule(rules[0], mtype, 0), {})] == [rules[0]]
+    assert len(calls) == 1
+    for r in rules:  # a fourth body empties the full memo
+        assert [i[-1] for i in decode(encode_rule(r, RTM_DELRULE, 0), {})] == [r]
+    assert len(calls) == 4 and len(wire._RULES) == 1
+
+
+def test_a_batch_asks_for_one_ack_its_last_messages():
+    from netd_hook.adapters.netlink import HDR, NLM_F_ACK, BatchWriter
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)  # as the batch socket is
+    sent: list[bytes] = []
+
+    class Sock:  # what the kernel would get; it answers only the one message asking
+        def __getattr__(self, name):
+            return getattr(a, name)
+
+        def send(self, buf):
+            sent.append(bytes(buf))
+            offset = 0
+            while offset < len(buf):
+                length, _t, flags, seq, _p = HDR.unpack_from(buf, offset)
+                if flags & NLM_F_ACK:
+                    b.send(HDR.pack(HDR.size + 4, 2, 0, seq, 0) + b"\0\0\0\0")  # NLMSG_ERROR 0
+                offset += length
+            return len(buf)
+
+    msgs = [encode_rule(r, RTM_NEWRULE, ADD_FLAGS) for r in NODE_RULES]
+    res = anyio.run(BatchWriter(Sock()).send, msgs, 2.0)  # type: ignore[arg-type]
+    flags = [HDR.unpack_from(sent[0], sum(map(len, msgs[:i])))[2] & NLM_F_ACK for i in range(len(msgs))]
+    assert flags == [0] * (len(msgs) - 1) + [NLM_F_ACK]
+    assert res.acked == list(range(len(msgs))) and res.unknown is None
+    a.close()
+    b.close()
+
+
 def test_repair_record_line_and_journal_fields_come_from_the_same_data():
     from netd_hook.adapters.journal import RepairRecord
 
