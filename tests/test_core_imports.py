@@ -29,3 +29,17 @@ def test_the_check_sees_an_adapter_when_one_is_loaded() -> None:
     code = "import json, sys\nimport netd_hook.adapters.netlink\nprint(json.dumps('pyroute2' in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert json.loads(r.stdout) is True
+
+
+def test_the_encoder_loads_two_of_pyroute2s_message_classes_not_all_of_pyroute2() -> None:
+    """Idle RSS (issue 13): pyroute2/__init__.py imports IPRoute, NDB (sqlite3), unittest.mock and
+    multiprocessing, ~10 MB the daemon never uses; the encoder's import skips it. Whoever asks the
+    package for a name later gets all of it, as usual."""
+    code = ("import json, sys\nimport netd_hook.daemon.service\n"
+            "heavy = ('pyroute2.iproute', 'pyroute2.ndb', 'sqlite3', 'unittest.mock')\n"
+            "heavy = sorted(m for m in heavy if m in sys.modules)\n"
+            "from pyroute2 import IPRoute\nimport pyroute2\n"
+            "print(json.dumps([heavy, IPRoute.__name__, pyroute2.__version__, 'pyroute2.ndb' in sys.modules]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    heavy, name, version, later = json.loads(r.stdout)
+    assert heavy == [] and name == "IPRoute" and version != "unknown" and later is True

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyroute2.netlink.rtnl.fibmsg import fibmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
 from ...core.kernel import BatchResult as BatchResult  # re-exported: the adapters' callers get them here too
 from ...core.kernel import Change as Change
 from ...core.kernel import Dump as Dump
@@ -21,6 +18,7 @@ from ...core.model import (
     Route,
     Rule,
 )
+from ._pyroute2 import fibmsg, rtmsg
 from .wire import ADD_FLAGS, DEL_FLAGS, RT_TABLE_COMPAT, RTM_DELROUTE, RTM_DELRULE, RTM_NEWROUTE, RTM_NEWRULE
 
 
