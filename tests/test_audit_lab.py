@@ -51,8 +51,8 @@ def test_repair_and_generation_entries_carry_the_numbers(node, tmp_path: Path):
         node.wait_settled()
         wait_until(lambda: rule_set(node) == want[0], 10, "repair")
         time.sleep(0.3)  # the audit entry follows the batch's acks
-        # The wipe may be repaired in two passes (the ENI's 32765 rule waits for its address):
-        # every logged repair has its journal entry, with the same numbers.
+        # The wipe may be repaired in several batches (a chase, then the re-read once networkd
+        # settles): every logged repair has its journal entry, with the same numbers.
         logged = d.repairs(mark)
         reps = entries(node, "repair", count=len(logged))
         assert len(reps) == len(logged) >= 1

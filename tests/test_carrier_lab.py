@@ -10,11 +10,12 @@ and each test asserts what the kernel shows for its version:
   them back, flagged `linkdown`), and, since the link is not pending/initialized,
   `link_drop_foreign_config()`, whose `manager_drop_foreign_routing_policy_rules()` deletes every
   foreign rule of the node (every ENI's pods, manager-wide). The link stays `configured`, so
-  netd-hook repairs at once; only the ENI-primary rule of eth1 (`from 10.0.1.10 lookup 2`) is
-  held back by the liveness gate while that address is away. When the carrier returns,
+  netd-hook repairs at once, eth1's ENI-primary rule (`from 10.0.1.10 lookup 2`) included:
+  while its address is away no packet can match it, and it is there when the address returns
+  (before 0.5.0 the liveness gate held it back until then). When the carrier returns,
   `link_carrier_gained()` requests the static configuration again (the link goes `configuring`,
   then `configured`): no second wipe; netd-hook re-reads the kernel once eth1 settles and puts
-  back the 32765 rule (and whatever else the configure took).
+  back whatever the configure took.
 - networkd 252 (`link_carrier_lost_impl()`): only networkd's own configuration is dropped (the
   address, hence the table routes, put back as above); not one rule is deleted. The return is the same as on 249.
 - A reconfigure or a restart while the carrier is away leaves eth1 `configuring` (no carrier:
@@ -251,7 +252,7 @@ def flavour_of(request: pytest.FixtureRequest) -> str:
 def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, request: pytest.FixtureRequest) -> None:
     """eth1 loses its carrier for a second, the CNI deletes a pod of eth1 meanwhile, the carrier
     comes back. 249: the loss wipes every foreign rule (networkd's port), netd-hook puts them
-    back at once but for eth1's ENI-primary rule (its address is away); 252: no rule is deleted.
+    back at once, eth1's ENI-primary rule too (its address is away); 252: no rule is deleted.
     Both: eth1's table routes go with its address and are put back during the loss, and
     everything is back once the carrier is; the pod the CNI deleted stays deleted."""
     flavour = flavour_of(request)
@@ -262,10 +263,10 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
     assert len(held) == 1 and len(flushed) == 2, (held, want[1])
     # what the kernel has while the carrier is away, once netd-hook has done what it can: 249
     # wipes every foreign rule and networkd deletes eth1's foreign IPv6 route, netd-hook puts them
-    # back but for the rule keyed on eth1's address (away); 252 deletes nothing. Both: the kernel
+    # all back, the rule keyed on eth1's address (away) too; 252 deletes nothing. Both: the kernel
     # flushed eth1's IPv4 table routes with its address without a notification; netd-hook sees
     # the address's local route go, re-reads the kernel and puts them back (`linkdown`).
-    during = (want[0] - held if flavour == "249" else want[0], want[1])
+    during = want
     with LabObserver(node) as obs:
         mark = daemon.mark()
         t_down = time.monotonic_ns()
@@ -276,9 +277,7 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
                        "249's carrier-loss wipe", interval=0.01)
         wait_state(node, during, daemon, "repair during the carrier loss")
         daemon.wait_log(r"eth1 lost an address: the kernel may have dropped the protected routes", start=mark)
-        if flavour == "249":
-            daemon.wait_log(r"not restoring pref 32765 from 10\.0\.1\.10/32 lookup 2: node address 10\.0\.1\.10 "
-                            r"is not configured right now", start=mark)
+        assert not ipv4_addresses(node, "eth1") and held <= healthy(node)[0]  # back before its address
         time.sleep(1.0)  # a late wipe, or a late repair, would show up here
         assert healthy(node) == during, (prefs(want[0] - healthy(node)[0]), want[1] - healthy(node)[1])
         assert node.link_states()["eth1"] == "configured"  # never busy: nothing holds a repair back
@@ -317,8 +316,8 @@ def test_carrier_loss_and_return_of_a_secondary_eni(node: Lab, daemon: Daemon, r
     assert not [ln for ln in daemon.lines[mark:] if "Traceback" in ln]
     print(f"\ncarrier loss, networkd {flavour}: rules deleted by networkd {len(deleted)}; "
           f"repaired during the loss in {fmt(loss_repair)} (first deletion -> last rule back), "
-          f"held back while the carrier is away: {len(held) if flavour == '249' else 0} rule + "
-          f"{len(flushed)} table routes (daemon's status said missing={daemon_missing_during}); "
+          f"put back while the carrier is away: {len(held) if flavour == '249' else 0} rule keyed on "
+          f"eth1's address + {len(flushed)} table routes (daemon's status said missing={daemon_missing_during}); "
           f"carrier return -> whole {fmt(back)}; carrier down -> whole {fmt(outage)} "
           f"(carrier away {(t_up - t_down) / 1e9:.1f} s)")
 
@@ -329,20 +328,17 @@ def test_a_wipe_while_the_carrier_is_away_is_chased_at_once(node: Lab, daemon: D
                                                              request: pytest.FixtureRequest) -> None:
     """A reconfigure (or a networkd restart) during the ENA reset: eth1 cannot finish
     configuring without carrier and stays `configuring`; networkd's wipe (every ENI's rules) is
-    chased: put back at once, all but eth1's 32765 rule, while eth1 is still configuring, not
+    chased: put back at once, eth1's 32765 rule too, while eth1 is still configuring, not
     after stuck_ms. Once eth1 has been busy for stuck_ms (default 5 s) the kernel is re-read
     (whatever was not chased); `status` names eth1 as stuck; when the carrier returns everything
     is back."""
     flavour = flavour_of(request)
     want = healthy(node)
     port = node.networkd_socket_port
-    held = eni_primary_rule(node)
     node.run("ip", "link", "set", "vpc1", "down")
     wait_lost_carrier(node)
-    before = (want[0] - held if flavour == "249" else want[0], want[1])  # see the test above
-    wait_state(node, before, daemon, "the carrier loss handled")
-    # after the repair: every rule but eth1's 32765 one (its address stays away), every route
-    during = (want[0] - held, want[1])
+    wait_state(node, want, daemon, "the carrier loss handled")  # see the test above
+    during = want  # after the repair: every rule (eth1's 32765 one too, its address away) and route
     with LabObserver(node) as obs:
         mark = daemon.mark()
         t0 = time.monotonic_ns()
@@ -351,7 +347,7 @@ def test_a_wipe_while_the_carrier_is_away_is_chased_at_once(node: Lab, daemon: D
         else:
             node.stop_networkd()
             node.start_networkd(wait=False)
-        wait_until(lambda: len(rule_deletions(obs.events(t0), port)) >= len(foreign(want)) - len(held),
+        wait_until(lambda: len(rule_deletions(obs.events(t0), port)) >= len(foreign(want)),
                    LOSS_TIMEOUT, f"the wipe after the {trigger}", interval=0.01)
         first = rule_deletions(obs.events(t0), port)[0][0]
         wait_until(lambda: healthy(node)[0] >= during[0], 2.0, "the wipe's rules chased back", interval=0.01)

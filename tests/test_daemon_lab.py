@@ -96,8 +96,8 @@ def test_reconfigure_of_a_secondary_is_repaired(node, daemon):
     mark = daemon.mark()
     node.reconfigure("eth1")
     wait_back(node, want, daemon, "repair after reconfigure eth1", mark=mark)
-    # IPv4: 20, 512x4, 1024, 1536x3, 32765x2; IPv6: 512, 1536. Usually in one batch; eth1's 32765
-    # rule comes in a second one when its address was away at the first (the liveness gate).
+    # IPv4: 20, 512x4, 1024, 1536x3, 32765x2; IPv6: 512, 1536: chased in one or more batches
+    # while networkd is busy, eth1's 32765 rule with them even while its address is away.
     wait_until(lambda: sum(int(r["rules_restored"]) for r in daemon.repairs(mark)) == 13, 5,
                "repair lines accounting for 13 rules")
     rep = daemon.repairs(mark)

@@ -49,10 +49,12 @@ class Plan:
 def address_alive(addr: str, live: Liveness) -> bool:
     """A pod is alive exactly while its host route is in main on a link networkd does not manage.
 
-    An address configured on the node itself (the ENI primary address of a 32765 rule) is alive
-    while it is configured.
+    An address of the node itself (the ENI primary address of a 32765 rule) is alive while it is
+    configured, and while it is away on a device that still exists: networkd takes a link's
+    address away as it configures it (and on carrier loss), and its rule is put back at once, not
+    after the address (a rule no packet can match until then; 249 takes ~60 ms to re-add it).
     """
-    if addr in live.local_addresses:
+    if addr in live.local_addresses or addr in live.node_addresses:
         return True
     return any(dev not in live.managed for dev in live.host_routes.get(addr, ()))
 
@@ -61,9 +63,6 @@ def gate_rule(rule: Rule, live: Liveness) -> HeldBack | None:
     addr = rule.host_address()
     if addr is None or address_alive(addr, live):
         return None
-    if addr in live.node_addresses:
-        # networkd re-adds a reconfigured link's address; the rule returns with it.
-        return HeldBack(rule, f"node address {addr} is not configured right now", dead=False)
     return HeldBack(rule, f"{addr} has no host route on an unmanaged link (pod gone)", dead=True)
 
 

@@ -79,7 +79,6 @@ class Tracker:
         self.rules: set[Rule] = {r for r in snapshot.rules if rule_in_scope(scope, r)}
         self.routes: set[Route] = {r for r in snapshot.routes if route_in_scope(scope, r)}
         self._tables: Counter[int] = Counter(r.table for r in self.rules)
-        self._hosts: Counter[str | None] = Counter(r.host_address() for r in self.rules)  # rules keyed on each address
         self.present_rules: set[Rule] = set()
         self.present_routes: set[Route] = set()
         self.links: dict[int, str] = {}
@@ -100,7 +99,6 @@ class Tracker:
         if rule not in self.rules and rule_in_scope(self.scope, rule):
             self.rules.add(rule)
             self._tables[rule.table] += 1
-            self._hosts[rule.host_address()] += 1
             self.fresh.append(rule)
             self.version += 1
 
@@ -119,10 +117,6 @@ class Tracker:
                     self._tables[entry.table] -= 1
                     if not self._tables[entry.table]:
                         del self._tables[entry.table]
-                    host = entry.host_address()
-                    self._hosts[host] -= 1
-                    if not self._hosts[host]:
-                        del self._hosts[host]
                     self.version += 1
             elif entry in self.routes:
                 self.routes.discard(entry)
@@ -242,12 +236,6 @@ class Tracker:
             _update(self.local_addresses, item.addr, item.oif, change.new)
             if change.new:
                 _update(self.node_addresses, item.addr, item.oif, True)
-                # A rule held back while its node address was gone can come back now. (The count
-                # first: walking all 2,000 rules for each address networkd re-adds mid-wipe cost
-                # the chase ~1 ms each.)
-                return cause is not Cause.SELF and item.addr in self._hosts and any(
-                    r.host_address() == item.addr for r in self.rules - self.present_rules
-                )
         elif isinstance(item, Link):
             self._link(item, change.new)
         elif isinstance(item, Unsupported):
