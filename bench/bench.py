@@ -11,11 +11,12 @@ creates (``ndhb-<pid>-<n>``, deleted afterwards) or into a ``tests.lab.Lab``.
 Part 1, replay throughput of N IPv4 rules (N/2 pods: ``from IP lookup 2 pref 1536`` and
 ``to IP lookup main pref 512``), each trial in a fresh namespace with only lo up:
   (a) netd-hook's ``BatchWriter.send`` (requests pre-encoded by ``Encoder``; the socket is
-      open before the clock starts, as in the daemon), acks included;
+      open before the clock starts, as in the daemon), its one ack (the last message's) and
+      any error included;
   (b) ``ip -batch -`` with the same rules on stdin (whole process timed);
   (c) one ``ip rule add`` process per rule (whole shell loop timed);
-  (d) the kernel floor: the same bytes in one prebuilt buffer, one ``send``, a bare
-      ``recv_into`` loop until the last ack.
+  (d) the kernel floor: the same bytes in one prebuilt buffer, only the last message asking
+      for an ack, one ``send``, a bare ``recv_into`` loop until that ack.
 (a) and (d) run in a worker process started with ``ip netns exec`` (``bench.worker``), which
 refuses to send unless it really is in the trial's namespace. Every trial is checked
 afterwards with ``ip -j rule show``; a trial that did not apply every rule is an error.

@@ -17,8 +17,8 @@ def report_header(m: dict[str, Any], quick: bool) -> None:
 
 def report_part1(res: dict[str, Any], repeats: dict[int, int]) -> None:
     print("\n## Part 1: replay throughput, N IPv4 rules into a fresh netns (median ms)")
-    print("(a) netd-hook BatchWriter.send, pre-encoded, all acks   (b) ip -batch -   "
-          "(c) one `ip rule add` per rule   (d) kernel floor: one send + bare recv loop")
+    print("(a) netd-hook BatchWriter.send, pre-encoded, one ack   (b) ip -batch -   "
+          "(c) one `ip rule add` per rule   (d) kernel floor: one send (one ack) + bare recv loop")
     hdr = (f"{'N':>6} {'runs':>4} {'(a) writer':>11} {'(b) batch':>10} {'(c) per-rule':>13} {'(d) floor':>10}"
            f" {'(a)/(d)':>8} {'(a)/(b)':>8}  target (a)<={TARGET_RATIO:.2f}x(d)")
     print(hdr)

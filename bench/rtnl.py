@@ -12,6 +12,7 @@ from collections.abc import Iterator
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
+NLM_F_ACK = 0x4  # nlmsghdr.flags: answer this message even when it succeeds
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25

@@ -29,10 +29,11 @@ class BatchWriter:
     The kernel processes every message of the buffer even after one fails, so the batch is not
     a transaction; `send` only reports, rollback is the caller's (see core/apply.py).
 
-    Only the last message asks for an ack (NLM_F_ACK). The kernel answers a failed message
-    whether asked or not, and answers in order, so once the last message's answer is in, every
-    message without an error before it succeeded. One ack instead of 2,000: each one is a
-    datagram the kernel builds (with a copy of the request) and Python receives and parses.
+    Only the last message asks for an ack (NLM_F_ACK: set here; the encoder leaves it out). The
+    kernel answers a failed message whether asked or not, and answers in order, so once the last
+    message's answer is in, every message without an error before it succeeded. One ack instead
+    of 2,000: each one is a datagram the kernel builds and Python receives and parses. (Messages
+    that ask anyway are answered with acks that change nothing.)
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -50,11 +51,11 @@ class BatchWriter:
         offset = 0
         pack_into = struct.pack_into
         for i, m in enumerate(messages):
-            flags = struct.unpack_from("=H", buf, offset + 6)[0]
-            if i < n - 1:
-                flags &= ~NLM_F_ACK
-            pack_into("=HI", buf, offset + 6, flags, base + i)  # nlmsg_flags, nlmsg_seq: one per message
+            pack_into("=I", buf, offset + 8, base + i)  # nlmsg_seq: one per message
             offset += len(m)
+        last = offset - len(messages[-1])
+        flags = struct.unpack_from("=H", buf, last + 6)[0]
+        pack_into("=H", buf, last + 6, flags | NLM_F_ACK)  # the one message that asks for an ack
         grow_buffers(self.sock, rcvbuf=n * ACK_ROOM + (1 << 16), sndbuf=len(buf) + (1 << 16))
         self._drain()
         try:
