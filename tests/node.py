@@ -951,8 +951,9 @@ def outage(events: list[list[Any]], t0: int, t1: int | None = None, *, key: Key 
     of a "new"/"del" event when it counts (None: it does not). With `silent_routes`, a route
     re-added without its deletion seen (the kernel flushed it unannounced when its link's address
     went) counts as a loss that ends then. Times in ns (CLOCK_MONOTONIC)."""
-    lost: set[str] = set()
-    first = back = None
+    lost: dict[str, int] = {}  # key -> when it went
+    each: list[float] = []  # every entry's outage that ended, ms
+    first = back = last_del = None
     deleted = restored = silent = 0
     ports: dict[int, int] = {}
     for ev in events:
@@ -963,12 +964,13 @@ def outage(events: list[list[Any]], t0: int, t1: int | None = None, *, key: Key 
             continue
         if ev[1] == "del":
             first = ev[0] if first is None else first
-            lost.add(k)
+            last_del = ev[0]
+            lost.setdefault(k, ev[0])
             deleted += 1
             ports[ev[3]] = ports.get(ev[3], 0) + 1
             back = None
         elif k in lost:
-            lost.discard(k)
+            each.append((ev[0] - lost.pop(k)) / 1e6)
             restored += 1
             if not lost:
                 back = ev[0]
@@ -976,9 +978,11 @@ def outage(events: list[list[Any]], t0: int, t1: int | None = None, *, key: Key 
             silent += 1
             if not lost:
                 back = ev[0]
+    each.sort()
     return {"deleted": deleted, "restored": restored, "silently_flushed_routes_back": silent,
             "missing": len(lost), "deleted_by_port": ports, "first_loss_ns": first,
-            "outage_ms": None if first is None or back is None else (back - first) / 1e6}
+            "outage_ms": None if first is None or back is None else (back - first) / 1e6,
+            "each_ms": each, "deletions_ms": None if first is None or last_del is None else (last_del - first) / 1e6}
 
 
 def repair_latency(suite: str = "bookworm", *, networkd249: bool = False, deb: Path | None = None,
@@ -1024,17 +1028,24 @@ def repair_latency(suite: str = "bookworm", *, networkd249: bool = False, deb: P
                                       + _rule_lines(rules_gone), force=True)
                         time.sleep(0.3)
                     results.append(res)
-                    say(f"{node.label} run {i + 1}: {res}")
+                    each = res["each_ms"]
+                    say(f"{node.label} run {i + 1}: {dict(res, each_ms=f'{len(each)} outages')}")
             repairs = node.journal("-u", "netd-hook", "MESSAGE_ID=a7e6caf34a5a4925b54a82f6a6014e44")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     ms = [r["outage_ms"] for r in results if r["repaired"] and r["outage_ms"] is not None]
+    each = sorted(x for r in results if r["repaired"] for x in r.pop("each_ms"))
+    spans = [r["deletions_ms"] for r in results if r["deletions_ms"] is not None]
     return {"node": f"{suite}+networkd249" if networkd249 else suite, "pods": pods, "runs": runs,
             "rules_lost": statistics.median(r["deleted"] for r in results) if results else 0,
             "repaired_runs": len(ms), "p50_ms": statistics.median(ms) if ms else None,
             "max_ms": max(ms) if ms else None, "daemon_batch_ms_p50": _median_field(repairs, "NETD_HOOK_DURATION_MS"),
-            "runs_detail": results}
+            "rule_p50_ms": statistics.median(each) if each else None,
+            "rule_p99_ms": each[min(len(each) - 1, int(0.99 * len(each)))] if each else None,
+            "rule_max_ms": each[-1] if each else None,
+            "deletions_p50_ms": statistics.median(spans) if spans else None,
+            "repair_records": len(repairs), "runs_detail": results}
 
 
 def _wiped_since(t0: int, events: list[list[Any]]) -> bool:
@@ -1099,7 +1110,10 @@ def _main(argv: list[str]) -> int:
                     return "-" if v is None else f"{v:.1f} ms"
                 print(f"{res['node']}: {res['pods']} pods, {res['rules_lost']:.0f} rules lost per reconfigure, "
                       f"repaired {res['repaired_runs']}/{res['runs']}, outage p50 {ms(res['p50_ms'])}, "
-                      f"max {ms(res['max_ms'])}, daemon batch p50 {ms(res['daemon_batch_ms_p50'])}")
+                      f"max {ms(res['max_ms'])}, daemon batch p50 {ms(res['daemon_batch_ms_p50'])}; "
+                      f"each rule out p50 {ms(res['rule_p50_ms'])}, p99 {ms(res['rule_p99_ms'])}, "
+                      f"max {ms(res['rule_max_ms'])}; networkd's deletions p50 {ms(res['deletions_p50_ms'])}; "
+                      f"{res['repair_records']} repair records")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -86,10 +86,6 @@ def assert_repairs_of(reps: list[dict], *triggers: str) -> None:
         assert r["trigger"] in triggers or r["trigger"] == "networkd", f"repair {i} is not of {triggers}: {reps}"
 
 
-def wait_lost(lab, before, what):
-    wait_until(lambda: not rule_set(lab) >= before[0], 5, what, interval=0.002)
-
-
 def test_reconfigure_of_a_secondary_is_repaired(node, daemon):
     want = healthy(node)
     assert {512, 1024, 1536, 20, 32765} <= set(prefs(want[0]))
