@@ -834,17 +834,7 @@ def addr(v, fam):
     return socket.inet_ntop(fam, v) if v is not None else None
 def u32(v):
     return struct.unpack("=I", v)[0] if v is not None else None
-while True:
-    r, _, _ = select.select([s, sys.stdin], [], [])
-    if sys.stdin in r and not os.read(sys.stdin.fileno(), 4096):
-        break
-    if s not in r:
-        continue
-    try:
-        data = s.recv(1 << 22)
-    except OSError as e:
-        out.write(json.dumps([time.monotonic_ns(), "overrun", str(e)]) + "\n"); out.flush(); continue
-    now = time.monotonic_ns()
+def emit(now, data):
     off = 0
     while off + 16 <= len(data):
         ln, ty, fl, seq, pid = struct.unpack_from("=IHHII", data, off)
@@ -862,7 +852,35 @@ while True:
             a = attrs(body, 12)
             key = [fam, u32(a.get(15)) or table, addr(a.get(1), fam), dl, addr(a.get(5), fam), u32(a.get(4))]
             out.write(json.dumps([now, "new" if ty == 24 else "del", "route", pid, key]) + "\n")
+# Datagrams are kept raw with the time they were read, and decoded and written once the socket
+# has been quiet for 20 ms (or 0.2 s after the oldest kept): decoding and writing each one as it
+# came made the observer fall behind a 600-rule wipe, and stamp its later events tens of ms late.
+def flush(pending):
+    for now, data, err in pending:
+        if data is None:
+            out.write(json.dumps([now, "overrun", err]) + "\n")
+        else:
+            emit(now, data)
     out.flush()
+pending, since = [], None
+while True:
+    timeout = None if not pending else max(0.0, min(0.02, since + 0.2 - time.monotonic()))
+    r, _, _ = select.select([s, sys.stdin], [], [], timeout)
+    if sys.stdin in r and not os.read(sys.stdin.fileno(), 4096):
+        flush(pending)
+        break
+    if s in r:
+        try:
+            data = s.recv(1 << 22)
+        except OSError as e:
+            pending.append((time.monotonic_ns(), None, str(e)))
+        else:
+            pending.append((time.monotonic_ns(), data, None))
+        since = since if since is not None else time.monotonic()
+        if time.monotonic() < since + 0.2:
+            continue
+    flush(pending)
+    pending, since = [], None
 """
 
 
@@ -987,12 +1005,13 @@ def outage(events: list[list[Any]], t0: int, t1: int | None = None, *, key: Key 
 
 def repair_latency(suite: str = "bookworm", *, networkd249: bool = False, deb: Path | None = None,
                    pods: int = 300, runs: int = 10, settle_timeout: float = 10.0,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   log: Callable[[str], None] | None = None, config: str | None = None) -> dict[str, Any]:
     """The closing note's numbers: a fresh node with the package installed, ``pods`` pods on
     eth1 (plus eth2 and the primary), ``runs`` times ``networkctl reconfigure eth1``; an observer
     in the node measures each outage (first rule deleted -> last rule back). A run whose rules
     are not all back within `settle_timeout` counts as unrepaired; its rules are then put back
-    by hand so that the next run starts from the full layout again."""
+    by hand so that the next run starts from the full layout again. `config`: the text of
+    /etc/netd-hook/netd-hook.toml (netd-hook restarted with it), e.g. "[replay]\nchase = false"."""
     say = log or (lambda s: None)
     tmp = None
     if deb is None:
@@ -1001,6 +1020,9 @@ def repair_latency(suite: str = "bookworm", *, networkd249: bool = False, deb: P
     try:
         with Node(suite, networkd249=networkd249) as node:
             node.install_deb(deb)
+            if config is not None:
+                node.run("sh", "-c", 'mkdir -p /etc/netd-hook && printf "%s\\n" "$1" > /etc/netd-hook/netd-hook.toml '
+                         "&& systemctl restart netd-hook", "-", config)
             node.setup_layout((0, 1, 2), {1: pods})
             baseline = node.protected()
             tables = node.eni_tables()
@@ -1037,7 +1059,7 @@ def repair_latency(suite: str = "bookworm", *, networkd249: bool = False, deb: P
     ms = [r["outage_ms"] for r in results if r["repaired"] and r["outage_ms"] is not None]
     each = sorted(x for r in results if r["repaired"] for x in r.pop("each_ms"))
     spans = [r["deletions_ms"] for r in results if r["deletions_ms"] is not None]
-    return {"node": f"{suite}+networkd249" if networkd249 else suite, "pods": pods, "runs": runs,
+    return {"node": f"{suite}+networkd249" if networkd249 else suite, "pods": pods, "runs": runs, "config": config,
             "rules_lost": statistics.median(r["deleted"] for r in results) if results else 0,
             "repaired_runs": len(ms), "p50_ms": statistics.median(ms) if ms else None,
             "max_ms": max(ms) if ms else None, "daemon_batch_ms_p50": _median_field(repairs, "NETD_HOOK_DURATION_MS"),
@@ -1088,6 +1110,7 @@ def _main(argv: list[str]) -> int:
     lat.add_argument("--runs", type=int, default=10)
     lat.add_argument("--deb", type=Path)
     lat.add_argument("--json", action="store_true")
+    lat.add_argument("--today", action="store_true", help="netd-hook configured with [replay] chase = false")
     sub.add_parser("reap", help="remove leftovers of crashed runs")
     args = ap.parse_args(argv)
     if args.cmd == "reap":
@@ -1102,13 +1125,15 @@ def _main(argv: list[str]) -> int:
         for spec in args.nodes.split(","):
             suite, _, extra = spec.partition("+")
             res = repair_latency(suite, networkd249=extra == "networkd249", deb=deb, pods=args.pods, runs=args.runs,
-                                 log=lambda s: print(s, file=sys.stderr))
+                                 log=lambda s: print(s, file=sys.stderr),
+                                 config="[replay]\nchase = false" if args.today else None)
             if args.json:
                 print(json.dumps(res))
             else:
                 def ms(v: float | None) -> str:
                     return "-" if v is None else f"{v:.1f} ms"
-                print(f"{res['node']}: {res['pods']} pods, {res['rules_lost']:.0f} rules lost per reconfigure, "
+                print(f"{res['node']}{' (chase = false)' if args.today else ''}: {res['pods']} pods, "
+                      f"{res['rules_lost']:.0f} rules lost per reconfigure, "
                       f"repaired {res['repaired_runs']}/{res['runs']}, outage p50 {ms(res['p50_ms'])}, "
                       f"max {ms(res['max_ms'])}, daemon batch p50 {ms(res['daemon_batch_ms_p50'])}; "
                       f"each rule out p50 {ms(res['rule_p50_ms'])}, p99 {ms(res['rule_p99_ms'])}, "
