@@ -96,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=("today", "chase", "both"), default="both",
                     help="part 2's daemon: today's (waits for networkd to settle), chasing the wipe, or both")
     ap.add_argument("--plot", metavar="FILE.png", help="draw one trial per mode to FILE.png and FILE.svg")
+    ap.add_argument("--links", default="eth1", metavar="eth1[,eth2]",
+                    help="part 2's trigger: `networkctl reconfigure` of these links in one call (eth1,eth2: "
+                         "networkd's pass runs once per link, and the second deletes what the chase put back)")
     return ap
 
 
@@ -141,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_lab:
             log(f"part 2: repair latency in the lab (networkd {args.networkd}, "
                 f"{'socket-activated' if args.activation == 'socket' else 'self-started'}, udev)")
-            result["latency"], result["memory"] = latency.part2(pod_counts, iterations, lab_kwargs, modes)
+            links = tuple(args.links.split(","))
+            result["links"] = list(links)
+            result["latency"], result["memory"] = latency.part2(pod_counts, iterations, lab_kwargs, modes, links)
             result["configs"] = {m: latency.MODES[m] for m in modes}
             lab_label = (f"networkd {args.networkd} ({lab_kwargs.get('networkd', '/lib/systemd/systemd-networkd')}), "
                          f"{'socket-activated' if args.activation == 'socket' else 'self-started'}, udev")
-            report.report_headline(result["latency"], result["configs"], lab_label)
+            report.report_headline(result["latency"], result["configs"], lab_label, links)
             report.report_part2(result["latency"])
             report.report_memory(result["memory"])
             if args.plot:

@@ -63,8 +63,8 @@ def analyse(events: dict[str, Any], eth1: int, table: int | None, t_cmd: float,
 
 
 def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any, is_whole: Callable[[], bool],
-                     nd_ports: set[int], daemon_ports: set[int]) -> dict[str, Any]:
-    """One ``networkctl reconfigure eth1``, until the node is whole and settled again: the
+                     nd_ports: set[int], daemon_ports: set[int], links: Sequence[str] = ("eth1",)) -> dict[str, Any]:
+    """One ``networkctl reconfigure eth1`` (or of ``links``), until the node is whole and settled again: the
     observer's figures (``analyse``) and the daemon's, from its log. ``daemon_ports`` gains the
     sockets the daemon holds once the trial is over (one it opened for this repair, too)."""
     from tests.daemon import wait_until
@@ -72,7 +72,7 @@ def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any, is_wh
     observer.dump()  # discard anything before this iteration
     mark = daemon.mark()
     t_cmd = time.monotonic()
-    lab.reconfigure("eth1")
+    lab.reconfigure(*links)
     # Block on the daemon's log (no polling subprocesses while the outage runs).
     daemon.wait_log(r" repair trigger=", 15, start=mark)
     wait_until(is_whole, 15, "the node to be whole again", interval=0.05)
@@ -105,7 +105,7 @@ def reconfigure_once(lab: Any, daemon: Any, observer: Observer, eth1: Any, is_wh
 
 
 def part2(pod_counts: Sequence[int], iterations: dict[int, int], lab_kwargs: dict[str, Any] | None = None,
-          modes: Sequence[str] = ("today",)) -> tuple[dict[str, Any], dict[str, Any]]:
+          modes: Sequence[str] = ("today",), links: Sequence[str] = ("eth1",)) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per mode, every pod count in its own lab (the modes alternate per pod count, so that the
     machine's noise hits both alike); per mode, the memory of the daemon of the last pod count."""
     out: dict[str, Any] = {m: {} for m in modes}
@@ -113,7 +113,7 @@ def part2(pod_counts: Sequence[int], iterations: dict[int, int], lab_kwargs: dic
     for pods in pod_counts:
         for mode in modes:
             samples, ref, mem = pod_count(pods, iterations[pods], lab_kwargs or {}, mode,
-                                          measure_memory=pods == pod_counts[-1])
+                                          measure_memory=pods == pod_counts[-1], links=links)
             if mem:
                 memory[mode] = mem
             out[mode][str(pods)] = summarize(pods, samples, ref)
@@ -121,7 +121,8 @@ def part2(pod_counts: Sequence[int], iterations: dict[int, int], lab_kwargs: dic
 
 
 def pod_count(pods: int, iterations: int, lab_kwargs: dict[str, Any], mode: str,
-              measure_memory: bool) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+              measure_memory: bool, links: Sequence[str] = ("eth1",),
+              ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """A fresh lab with ``pods`` pods, the daemon in ``mode`` and the observer; ``iterations``
     reconfigures, then the daemon's memory and the ip -batch reference."""
     from tests.daemon import route_set, rule_set
@@ -152,7 +153,7 @@ def pod_count(pods: int, iterations: int, lab_kwargs: dict[str, Any], mode: str,
             time.sleep(1.5)  # the daemon's first snapshot save (SAVE_DELAY) is behind us
             for it in range(iterations):
                 s = reconfigure_once(lab, daemon, observer, enis[0], lambda: whole() == want, nd_ports,
-                                     daemon_ports)
+                                     daemon_ports, links)
                 s["nd_ports"], s["daemon_ports"] = sorted(nd_ports), sorted(daemon_ports)
                 samples.append(s)
                 pr = s["per_rule"]

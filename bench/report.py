@@ -4,6 +4,7 @@ measures."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bench.common import RSS_TARGET_MB, TARGET_RATIO
@@ -63,8 +64,10 @@ first      the first trial after the daemon started: per-rule p50 / node outage
 All times by an independent observer in the lab netns (raw netlink monitor + D-Bus signals), ms."""
 
 
-def report_headline(lat: dict[str, Any], configs: dict[str, str | None], lab: str) -> None:
-    print("\n## Part 2: each rule's outage after `networkctl reconfigure eth1` (real networkd in the lab), ms")
+def report_headline(lat: dict[str, Any], configs: dict[str, str | None], lab: str,
+                    links: Sequence[str] = ("eth1",)) -> None:
+    print(f"\n## Part 2: each rule's outage after `networkctl reconfigure {' '.join(links)}` "
+          "(real networkd in the lab), ms")
     print(f"lab: {lab}")
     for mode in lat:
         cfg = configs.get(mode)

@@ -14,7 +14,7 @@ the readers below are the whole of the checking.
 
 The words for protected entries that are missing and not put back, the same here, in the CLI,
 the metrics, the journal and the README:
-  held back     the liveness gate: the pod (or device, or node address) is not alive now
+  held back     the liveness gate: the pod (or device) is not alive now
   set aside     the kernel refused it; retried with backoff, and at networkd's next generation
   forgotten     deleted deliberately by someone else (the CNI); never replayed
   unattributed  missing after a netlink monitor overrun while networkd was idle: who deleted it

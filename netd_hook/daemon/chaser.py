@@ -48,8 +48,8 @@ class Chaser:
         try:
             while True:
                 t = svc.tracker
-                # What the gate holds back is tried again each time: a node address coming back
-                # mid-chase brings its 32765 rule back with the next batch.
+                # What the gate holds back is tried again each time (a pod whose host route the
+                # dump had not shown yet comes back with the next batch).
                 p = plan_rules(t.chase_order(), t.liveness(r.managed()), r.holds.excluded() | self.tired, CHUNK)
                 # Nothing is forgotten while networkd is busy: the links it has not decided about
                 # yet (a pod's veth `pending` while a new networkd starts) count as managed, so
@@ -90,8 +90,7 @@ class Chaser:
                         "if deleted again, they wait for it to settle", len(tired), tired[0].describe(), limit)
 
     def deleted(self, item: Hashable) -> None:
-        """A repairable loss (of `item`, or through it: a node address): a re-wipe when this
-        spell's chase had put `item` back."""
+        """A repairable loss of `item`: a re-wipe when this spell's chase had put it back."""
         if item in self.chased:
             self.rewiped += 1
             self.repairer.svc.counters.chase_rewiped += 1
