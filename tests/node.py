@@ -853,8 +853,9 @@ def emit(now, data):
             key = [fam, u32(a.get(15)) or table, addr(a.get(1), fam), dl, addr(a.get(5), fam), u32(a.get(4))]
             out.write(json.dumps([now, "new" if ty == 24 else "del", "route", pid, key]) + "\n")
 # Datagrams are kept raw with the time they were read, and decoded and written once the socket
-# has been quiet for 20 ms (or 0.2 s after the oldest kept): decoding and writing each one as it
-# came made the observer fall behind a 600-rule wipe, and stamp its later events tens of ms late.
+# has been quiet for 20 ms (or 2 s after the oldest kept): decoding and writing each one as it
+# came made the observer fall behind a 600-rule wipe, and stamp its later events tens of ms late
+# (and so would a flush in the middle of a wipe: what queues meanwhile is read late).
 def flush(pending):
     for now, data, err in pending:
         if data is None:
@@ -864,7 +865,7 @@ def flush(pending):
     out.flush()
 pending, since = [], None
 while True:
-    timeout = None if not pending else max(0.0, min(0.02, since + 0.2 - time.monotonic()))
+    timeout = None if not pending else max(0.0, min(0.02, since + 2.0 - time.monotonic()))
     r, _, _ = select.select([s, sys.stdin], [], [], timeout)
     if sys.stdin in r and not os.read(sys.stdin.fileno(), 4096):
         flush(pending)
@@ -877,7 +878,7 @@ while True:
         else:
             pending.append((time.monotonic_ns(), data, None))
         since = since if since is not None else time.monotonic()
-        if time.monotonic() < since + 0.2:
+        if time.monotonic() < since + 2.0:
             continue
     flush(pending)
     pending, since = [], None
